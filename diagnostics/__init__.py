@@ -1,0 +1,1 @@
+"""mambascope diagnostics: recorder, run format, analyzers, figures, report, CLI."""
