@@ -254,8 +254,11 @@ class _ScanFn(torch.autograd.Function):
 def _scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):
     dtype_in, dtype = u.dtype, _compute_dtype(u)
     delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
-    y, last = _ScanFn.apply(u.to(dtype), delta, A.to(dtype),
-                            _grouped(B).to(dtype), _grouped(C).to(dtype))
+    # The hand-written backward assumes every buffer has the compute dtype: keep autocast from
+    # lowering the matmuls inside (mamba-ssm's kernel also computes the scan in fp32).
+    with torch.autocast(u.device.type, enabled=False):
+        y, last = _ScanFn.apply(u.to(dtype), delta, A.to(dtype),
+                                _grouped(B).to(dtype), _grouped(C).to(dtype))
     y = _finish(y, u, D, z, dtype_in, dtype)
     return (y, last.to(dtype_in)) if return_last_state else y
 
