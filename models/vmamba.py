@@ -114,9 +114,9 @@ class DirectionalLinear(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
         y = torch.einsum("bkil,koi->bkol", x, self.weight)   # (B, K, out, L)
-        if self.bias is not None:
+        if add_bias and self.bias is not None:
             y = y + self.bias[None, :, :, None]
         return y
 
@@ -212,7 +212,9 @@ class SS2D(nn.Module):
         xs = cross_scan(x)                               # (B, K, d_inner, L)
         x_dbl = self.x_proj(xs)                          # (B, K, R + 2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [R, N, N], dim=2)
-        dts = self.dt_proj(dts)                          # (B, K, d_inner, L), before bias/softplus
+        # dt_proj's bias is not added here: it enters the scan as `delta_bias`, added in fp32
+        # before the softplus, as mamba-ssm does (adding it here too would count it twice).
+        dts = self.dt_proj(dts, add_bias=False)          # (B, K, d_inner, L), before bias/softplus
         inputs = dict(
             u=xs.reshape(B, K * self.d_inner, L),        # direction k: channels k*d_inner:(k+1)*d_inner
             delta=dts.reshape(B, K * self.d_inner, L),

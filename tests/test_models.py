@@ -188,6 +188,23 @@ def test_ssm_init(name):
         assert m.dt_proj.bias._no_reinit and m.dt_proj.weight._no_reinit
 
 
+def test_effective_dt_at_init_is_mambas_range():
+    """The dt the scan really uses, softplus(dt_proj(x) + bias), starts in Mamba's range: the
+    bias must enter once (as the scan's delta_bias), not also inside dt_proj."""
+    torch.manual_seed(0)
+    model = build_model("MAMBA-V2-T", img_size=IMG, depth=1)
+    m = model.blocks[0].mixer
+    seen = {}
+    m.register_forward_pre_hook(lambda mod, a: seen.setdefault("x", a[0].detach()))
+    model(torch.randn(2, 3, *IMG))
+    s = m.scan_inputs(seen["x"])
+    dt = F.softplus(s["delta"] + s["delta_bias"][:, None])
+    # The data term is small at init, so dt stays near softplus(bias) in [1e-3, 1e-1].
+    assert 1e-3 <= dt.median() <= 1e-1
+    torch.testing.assert_close(dt.log().mean(), F.softplus(m.dt_proj.bias).log().mean(),
+                               atol=0.3, rtol=0)
+
+
 def test_generic_init_leaves_ssm_params_alone():
     model = build_model("MAMBA-V2-T", img_size=IMG, depth=1)
     m = model.blocks[0].mixer
