@@ -7,7 +7,7 @@ SSM layers are found by what they are, not by class name: any module with `A_log
 Their scan inputs come from `module.scan_inputs(x)` when the module provides it (our SS2D), and
 otherwise are rebuilt from parameters named as in mamba-ssm's `mamba_simple.Mamba` (`in_proj`,
 `conv1d`, `x_proj`, `dt_proj`, `A_log`, `D`), so the fused CUDA path, which hides its internals,
-is probed by running our reference scan on its own parameters and inputs.
+is probed by running our own scan on its parameters and inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.scan import selective_scan_ref
+from models.scan import scan_state_norms
 
 QUANTILES = (0.0, 0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99, 1.0)
 QUANTILE_NAMES = ("min", "p01", "p05", "p25", "p50", "p75", "p95", "p99", "max")
@@ -104,9 +104,9 @@ def ssm_stats(inputs: dict, A_log_init: torch.Tensor | None = None) -> list[dict
     k_dirs = len(directions)
     bsz, kd, length = u.shape
     dim = kd // k_dirs
-    # The reference scan gives the per-channel state norms ||h_t||_2 over N in the same pass.
-    _, norms = selective_scan_ref(u, delta, A, B, C, delta_bias=bias, delta_softplus=True,
-                                  return_state_norms=True)   # (B, K*D, L)
+    # Per-channel state norms ||h_t||_2 over N, (B, K*D, L), by the fast path (tested against
+    # the reference scan's own state norms).
+    norms = scan_state_norms(u, delta, A, B, C, delta_bias=bias, delta_softplus=True)
     dt = F.softplus(delta + (bias.float()[:, None] if bias is not None else 0.0))  # (B, K*D, L)
     A_log = inputs["A_log"].float().reshape(kd, -1)
     D = inputs["D"].float().reshape(kd)

@@ -14,7 +14,7 @@ What is recorded (columns in docs/interfaces.md):
 - every step (cheap): loss, lr, global gradient norm before clipping and whether clipping fired,
   step time, samples/s, peak memory, and the first non-finite value (loss, a gradient, or the
   first module in forward order whose output went non-finite from finite inputs);
-- every `layer_every` steps, per block and per parameter kind (`A_log`, `D`, `dt_proj`, ...):
+- every `layer_every` steps (default 10), per block and per parameter kind (`A_log`, `D`, `dt_proj`, ...):
   gradient norm, weight norm, and the update-to-weight ratio of the optimizer step (from hooks
   on the optimizer's `step`, so it is the real update, whatever the optimizer);
 - on probe steps (every `probe_every` steps, step 0 included): for every SSM layer (any module
@@ -22,7 +22,7 @@ What is recorded (columns in docs/interfaces.md):
   length, selectivity, hidden-state norms along the sequence and A_log drift from step 0; for
   attention layers, entropy, mean attention distance and the maximum logit. Probes recompute
   these from the layer's input (captured by a forward pre-hook on the first `probe_batch`
-  samples) and the layer's own parameters after the step, with the reference scan: the model's
+  samples) and the layer's own parameters after the step, with our own scan: the model's
   own forward is untouched, so its outputs and gradients are bit-identical with and without the
   recorder.
 
@@ -122,17 +122,19 @@ class Recorder:
         model: the model being trained (a DDP wrapper is unwrapped).
         run_dir: the run directory to create, e.g. ``runs/mamba_v2``.
         probe_every: probe SSM and attention layers every this many steps (0 disables probes).
-        layer_every: record per-layer norms every this many steps.
-        probe_batch: samples of the batch that probes use (they pay for the reference scan).
+        layer_every: record per-layer norms and update ratios every this many steps (the
+            update ratio needs a copy of the weights on those steps).
+        probe_batch: samples of the batch that probes use (they pay for a second scan).
         config: the run's configuration (stored in the manifest).
         backbone: the backbone's name for the manifest (default: config["backbone"] or the class).
-        check_activations: look for the first module whose output is non-finite, every step.
+        check_activations: when the model's output is non-finite, name the first module whose
+            output went non-finite from finite inputs.
         overwrite, resume: passed to the writer (an existing run is never clobbered silently).
         flush_every_s: how often buffered rows reach the disk (a crash loses at most this much).
     """
 
     def __init__(self, model: nn.Module, run_dir: str | os.PathLike, *, probe_every: int = 50,
-                 layer_every: int = 1, probe_batch: int = 8, config: dict | None = None,
+                 layer_every: int = 10, probe_batch: int = 8, config: dict | None = None,
                  backbone: str | None = None, check_activations: bool = True,
                  overwrite: bool = False, resume: bool = False, flush_every_s: float = 2.0,
                  start_step: int = 0):
@@ -186,7 +188,9 @@ class Recorder:
         self.writer = RunWriter(self.run_dir, manifest=manifest, overwrite=overwrite,
                                 resume=resume, flush_every_s=flush_every_s, enabled=self.enabled)
         if self.enabled and not (resume and alog_path.exists()):
-            torch.save(self._alog_init, alog_path)
+            tmp = alog_path.with_suffix(".pt.tmp")     # atomic, like every file of the run
+            torch.save(self._alog_init, tmp)
+            os.replace(tmp, alog_path)
 
         # Hooks (all removed on close).
         self._hooks = []
@@ -198,9 +202,14 @@ class Recorder:
         for name, m in self._ssm + self._attn:
             self._hooks.append(m.register_forward_pre_hook(self._capture_hook(name)))
         if check_activations:
+            # Each module's hook only keeps a reference to (inputs, output); the model's own
+            # output is checked once at the end of the forward, and only when it is non-finite
+            # are the kept outputs searched. A healthy step pays a list append per module.
             for name, m in self.model.named_modules():
                 if name:
-                    self._hooks.append(m.register_forward_hook(self._finite_hook(name)))
+                    self._hooks.append(m.register_forward_hook(self._keep_hook(name)))
+            self._hooks.append(self.model.register_forward_hook(self._on_model_output))
+        self._kept: list[tuple[str, tuple, object]] = []
         self._optimizer = None
         self._snapshot = None
         self._pending_layers: list[dict] | None = None
@@ -222,13 +231,21 @@ class Recorder:
                 self._captured[name] = args[0][: self.probe_batch].detach()
         return hook
 
-    def _finite_hook(self, name):
+    def _keep_hook(self, name):
         def hook(module, args, output):
-            # Blame the first module (in the order forwards finish) whose output is non-finite
-            # although its inputs were finite: a child fed by non-finite values is not the source.
-            if self._nonfinite_module is None and not _all_finite(output) and _all_finite(args):
-                self._nonfinite_module = name
+            self._kept.append((name, args, output))
         return hook
+
+    def _on_model_output(self, module, args, output):
+        kept, self._kept = self._kept, []   # released here: nothing is held through backward
+        if self._nonfinite_module is not None or _all_finite(output):
+            return
+        # Blame the first module (in the order forwards finish) whose output is non-finite
+        # although its inputs were finite: a child fed by non-finite values is not the source.
+        for name, inputs, out in kept:
+            if not _all_finite(out) and _all_finite(inputs):
+                self._nonfinite_module = name
+                return
 
     def _on_opt_pre(self, optimizer, args, kwargs):
         if self._pending_layers is not None:
@@ -401,6 +418,10 @@ class Recorder:
                                         epoch=int(epoch), mAP=float(mAP), rank1=float(rank1),
                                         rank5=float(rank5), rank10=float(rank10)))
         self.writer.flush()
+
+    def heartbeat(self):
+        """Tell readers the run is alive during long stretches without steps (evaluation)."""
+        self.writer.heartbeat()
 
     def event(self, kind: str, message: str, where: str = ""):
         self.writer.append("events", dict(step=self.step_index, kind=kind, where=where,

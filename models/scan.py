@@ -178,6 +178,36 @@ def _to_steps(B_or_C: torch.Tensor) -> torch.Tensor:
     return B_or_C.permute(3, 0, 1, 2).unsqueeze(3).contiguous()
 
 
+def _states(u, delta, A, B, C) -> torch.Tensor:
+    """Every hidden state, time-major: h (L, B, D, N), for softplus'd delta and grouped B."""
+    bsz, dim, length = u.shape
+    n, groups = A.shape[1], B.shape[1]
+    d_t = delta.permute(2, 0, 1)                         # (L, B, D)
+    Bs = _to_steps(B)                                    # (L, B, G, 1, N)
+    # h starts as delta_t u_t B_t for every t, then the recurrence adds the decayed past in
+    # place: h_t += exp(delta_t A) * h_{t-1}.
+    h = ((d_t * u.permute(2, 0, 1)).reshape(length, bsz, groups, dim // groups, 1) * Bs)
+    h = h.reshape(length, bsz, dim, n)
+    decay = torch.exp(d_t.unsqueeze(-1) * A)             # (L, B, D, N)
+    for t in range(1, length):
+        h[t].addcmul_(decay[t], h[t - 1])
+    return h
+
+
+@torch.no_grad()
+def scan_state_norms(u, delta, A, B, C, delta_bias=None, delta_softplus=False) -> torch.Tensor:
+    """||h_t||_2 over the state dimension, (B, D, L), by the fast path (no graph kept).
+
+    What the recorder's probes use; `selective_scan_ref(..., return_state_norms=True)` is its
+    reference and the tests hold the two together.
+    """
+    _check_inputs(u, delta, A, B, C, None, None, delta_bias)
+    dtype = _compute_dtype(u)
+    delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
+    h = _states(u.to(dtype), delta, A.to(dtype), _grouped(B).to(dtype), _grouped(C).to(dtype))
+    return h.norm(dim=-1).permute(1, 2, 0)
+
+
 class _ScanFn(torch.autograd.Function):
     """y_ssm = C . h (no D term, no gate) for softplus'd delta; states kept time-major.
 
@@ -192,17 +222,8 @@ class _ScanFn(torch.autograd.Function):
         bsz, dim, length = u.shape
         n, groups = A.shape[1], B.shape[1]
         dg = dim // groups
-        u_t = u.permute(2, 0, 1)                         # (L, B, D)
-        d_t = delta.permute(2, 0, 1)                     # (L, B, D)
-        Bs = _to_steps(B)                                # (L, B, G, 1, N)
+        h = _states(u, delta, A, B, C)                   # (L, B, D, N)
         Cs = _to_steps(C)                                # (L, B, G, 1, N)
-        # h starts as delta_t u_t B_t for every t, then the recurrence adds the decayed past in
-        # place: h_t += exp(delta_t A) * h_{t-1}.
-        h = ((d_t * u_t).reshape(length, bsz, groups, dg, 1) * Bs).reshape(length, bsz, dim, n)
-        decay = torch.exp(d_t.unsqueeze(-1) * A)         # (L, B, D, N)
-        for t in range(1, length):
-            h[t].addcmul_(decay[t], h[t - 1])
-        del decay
         # y[l, b, d] = sum_n h[l, b, d, n] C[b, g(d), n, l], as a batched matmul (no LBDN temp).
         y = torch.matmul(h.view(length, bsz, groups, dg, n), Cs.transpose(-1, -2))
         y = y.view(length, bsz, dim).permute(1, 2, 0)    # (B, D, L)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from models.scan import resolve_backend, selective_scan_fn, selective_scan_ref
+from models.scan import resolve_backend, scan_state_norms, selective_scan_fn, selective_scan_ref
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 
@@ -86,6 +86,15 @@ def test_state_norms_match_explicit_states():
         _, last = selective_scan_fn(**pre, delta_softplus=True, return_last_state=True,
                                     backend="fast")
         torch.testing.assert_close(norms[..., t], last.norm(dim=-1))
+
+
+@pytest.mark.parametrize("groups", [None, 2])
+def test_fast_state_norms_match_reference(groups):
+    x = _inputs(torch.float64, groups, length=11)
+    _, ref = selective_scan_ref(**x, delta_softplus=True, return_state_norms=True)
+    fast = scan_state_norms(x["u"], x["delta"], x["A"], x["B"], x["C"],
+                            delta_bias=x["delta_bias"], delta_softplus=True)
+    torch.testing.assert_close(fast, ref, atol=1e-12, rtol=1e-10)
 
 
 def test_low_precision_inputs_computed_in_fp32():
