@@ -42,8 +42,15 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage mistakes reported in one line (the usage is one `--help` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="diagnose",
         description="mambascope: convergence diagnostics for Vision Mamba against ViT. "
                     "With --run, analyse recorded runs; otherwise run a subcommand.")
