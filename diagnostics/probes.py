@@ -69,12 +69,22 @@ def scan_inputs(module: nn.Module, x: torch.Tensor) -> dict:
     """The module's scan inputs, stacked direction-major: channels k*D:(k+1)*D are direction k."""
     if callable(getattr(module, "scan_inputs", None)):
         return module.scan_inputs(x)
+    if hasattr(module, "A_b_log"):                # mamba-ssm's bimamba v2 (Vim's own Mamba)
+        from models.vim import bimamba_v2_scan_inputs
+        return bimamba_v2_scan_inputs(module, x)[0]
     needed = ("in_proj", "conv1d", "x_proj", "dt_proj", "A_log", "D")
     missing = [n for n in needed if not hasattr(module, n)]
     if missing:
         raise TypeError(f"{type(module).__name__} has A_log and dt_proj but neither scan_inputs() "
                         f"nor mamba-ssm's layout (missing {', '.join(missing)})")
     return mamba_simple_scan_inputs(module, x)
+
+
+def stacked_A_log(module: nn.Module) -> torch.Tensor:
+    """A_log of every scan direction, stacked as `scan_inputs`' A_log: (K*D, N) fp32 on the CPU.
+    mamba-ssm's bimamba v2 (Vim) keeps its backward direction's in `A_b_log`."""
+    parts = [module.A_log] + ([module.A_b_log] if hasattr(module, "A_b_log") else [])
+    return torch.cat([p.detach().float().cpu().reshape(-1, p.shape[-1]) for p in parts])
 
 
 def _quantiles(t: torch.Tensor, prefix: str) -> dict:
@@ -90,6 +100,14 @@ def _curve_points(curve: torch.Tensor) -> list[tuple[float, float]]:
     length = curve.numel()
     idx = torch.linspace(0, length - 1, min(STATE_CURVE_POINTS, length)).round().long()
     return [(float(i) / max(length - 1, 1), float(curve[i])) for i in idx]
+
+
+def _drift(a_log: torch.Tensor, init: torch.Tensor | None, kd: int, ch: slice) -> float:
+    """||A_log - A_log at step 0|| / ||A_log at step 0|| for one direction's channels."""
+    if init is None:
+        return float("nan")
+    ref = init.to(a_log.device).reshape(kd, -1)[ch]
+    return float((a_log - ref).norm() / ref.norm().clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -135,9 +153,7 @@ def ssm_stats(inputs: dict, A_log_init: torch.Tensor | None = None) -> list[dict
             state_norm_last=float(curve[-1]), state_norm_max=float(curve.max()),
             alog_mean=float(a_log.mean()), alog_std=float(a_log.std(unbiased=False)),
             alog_min=float(a_log.min()), alog_max=float(a_log.max()),
-            alog_drift=(float((a_log - A_log_init.reshape(kd, -1)[ch]).norm()
-                              / A_log_init.reshape(kd, -1)[ch].norm().clamp_min(1e-12))
-                        if A_log_init is not None else float("nan")),
+            alog_drift=_drift(a_log, A_log_init, kd, ch),
             d_mean=float(D[ch].mean()), d_std=float(D[ch].std(unbiased=False)),
             _state_curve=_curve_points(curve),
         )

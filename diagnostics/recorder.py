@@ -171,8 +171,9 @@ class Recorder:
         if resume and alog_path.exists():
             self._alog_init = torch.load(alog_path, weights_only=True)
         else:
-            self._alog_init = {n: m.A_log.detach().float().cpu().clone() for n, m in self._ssm}
-        directions = sorted({d for _, m in self._ssm for d in getattr(m, "directions", ["fwd"])})
+            self._alog_init = {n: probes.stacked_A_log(m) for n, m in self._ssm}
+        directions = sorted({d for _, m in self._ssm for d in getattr(
+            m, "directions", ["fwd", "bwd"] if hasattr(m, "A_b_log") else ["fwd"])})
 
         manifest = dict(
             name=self.run_dir.name,

@@ -14,9 +14,12 @@ Every backbone takes images (B, 3, H, W), default ``img_size=(256, 128)`` (re-ID
 |              |               | gated by silu(z). NOT an SSM (cautionary baseline)|     |       |                   |
 | `MAMBA-V2`   | `vmamba.py`   | VMamba-style SS2D blocks, 4-direction cross-scan, | 384 | 12    | 28.8 M            |
 |              |               | d_state 16, expand 2, d_conv 3, MLP ratio 4       |     |       |                   |
+| `VIM-S`      | `vim.py`      | Vim-style bidirectional Mamba (bimamba v2), cls   | 384 | 24    | 25.4 M            |
+|              |               | token in the middle, d_state 16, no MLP           |     |       |                   |
 | `VIT-T`      | `vit.py`      | CPU preset of VIT-S, 3 heads                      | 96  | 4     | 0.53 M            |
 | `MAMBA-S-T`  | `mamba_s.py`  | CPU preset of MAMBA-S                             | 96  | 4     | 0.75 M            |
 | `MAMBA-V2-T` | `vmamba.py`   | CPU preset of MAMBA-V2, d_state 16                | 96  | 4     | 0.79 M            |
+| `VIM-T`      | `vim.py`      | CPU preset of VIM-S, d_state 16                   | 96  | 4     | 0.41 M            |
 
 Overrides are constructor arguments, e.g. ``build_model("MAMBA-V2-T", img_size=(64, 32),
 depth=2, scan_backend="reference")``. The selective scan itself is `models.scan`.
@@ -31,6 +34,7 @@ from models.layers import model_entrypoints, register_model
 from models import vit  # noqa: F401  isort: skip
 from models import mamba_s  # noqa: F401  isort: skip
 from models import vmamba  # noqa: F401  isort: skip
+from models import vim  # noqa: F401  isort: skip
 
 __all__ = ["build_model", "list_models", "register_model"]
 

@@ -38,7 +38,8 @@ def _seed():
 # --------------------------------------------------------------------------------------------
 
 def test_registry_names():
-    assert set(ALL) == {"VIT-S", "VIT-T", "MAMBA-S", "MAMBA-S-T", "MAMBA-V2", "MAMBA-V2-T"}
+    assert set(ALL) == {"VIT-S", "VIT-T", "MAMBA-S", "MAMBA-S-T", "MAMBA-V2", "MAMBA-V2-T",
+                        "VIM-S", "VIM-T"}
 
 
 def test_unknown_name_lists_known_models():
