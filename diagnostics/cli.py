@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    err = Console(stderr=True, highlight=False)
+    # soft_wrap: an error stays on one line whatever the terminal width
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     try:
         if args.command:
             if args.runs:
