@@ -112,6 +112,7 @@ class TrainConfig:
     image_size: tuple[int, int] = (256, 128)
     patch_size: int | None = None        # None: the model's default (16)
     depth: int | None = None             # None: the backbone's own depth
+    vim_buggy_init: bool = False         # VIM-*: reproduce Vim's zeroed dt_proj_b bias on purpose
     probe_every: int = 50
     eval_every: int | None = None        # None: about DEFAULT_EVALS_PER_RUN evaluations
     seed: int = 0
@@ -185,6 +186,10 @@ def _model_kwargs(config: TrainConfig) -> dict:
         kw["patch_size"] = int(config.patch_size)
     if config.depth is not None:
         kw["depth"] = int(config.depth)
+    if config.vim_buggy_init:
+        if not config.backbone.startswith("VIM"):
+            raise ValueError(f"--vim-buggy-init applies to VIM-S / VIM-T, not {config.backbone}")
+        kw["buggy_init"] = True
     return kw
 
 
@@ -812,6 +817,9 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     a("--image-size", metavar="HxW", help="input size (default 256x128)")
     a("--patch-size", type=int, help="patch side (default: the model's, 16)")
     a("--depth", type=int, help="number of blocks (default: the backbone's)")
+    a("--vim-buggy-init", action="store_true", default=None,
+      help="VIM-S/VIM-T only: leave the backward scan's dt_proj_b bias at zero, as the public "
+           "Vim code does (dt = softplus(0) = 0.69), to see what the analyzers say")
     a("--probe-every", type=int, metavar="N",
       help=f"probe SSM and attention layers every N steps, 0 for never (default {d.probe_every})")
     a("--eval-every", type=int, metavar="E",

@@ -89,13 +89,14 @@ def test_nonfinite_loss_stops_and_marks_diverged(tmp_path):
     (["--backbone", "VIT-T", "--progressive-depth", "4,6,8"], "deeper than the model"),
     (["--backbone", "VIT-T", "--progressive-depth", "3,2"], "increasing"),
     (["--backbone", "VIT-T", "--batch-size", "6"], "multiple of --num-instances"),
+    (["--backbone", "VIT-T", "--vim-buggy-init"], "applies to VIM"),
 ])
 def test_bad_arguments_give_one_line_and_status_2(tmp_path, capsys, argv, needle):
     status = cli_main(["train", "--run", str(tmp_path / "bad"), "--quiet", *argv])
     err = capsys.readouterr().err.strip()
     assert status == 2
     assert needle in " ".join(err.split())
-    assert err.startswith("diagnose: error:") and len(err.splitlines()) <= 2  # rich may wrap
+    assert err.startswith("diagnose: error:") and len(err.splitlines()) == 1
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
@@ -177,3 +178,17 @@ def test_demo_labels_presets_and_writes_the_report(tmp_path, monkeypatch, capsys
     assert set(result["table"]["stopped"]) == {"max-steps"}
     if result["report"] is not None:
         assert out_html.is_file() and str(out_html) in " ".join(out.split())
+
+
+@pytest.mark.parametrize("buggy", [False, True])
+def test_vim_buggy_init_flag_is_caught_at_step_0(tmp_path, buggy):
+    from diagnostics import analyze
+    path = train(_tiny(tmp_path, "VIM-T", vim_buggy_init=buggy, max_steps=1, probe_every=1))
+    run = load_run(path)
+    assert set(run.ssm["direction"]) == {"fwd", "bwd"}
+    mismatch = [f for f in analyze(run) if f.code == "ssm.init_mismatch"]
+    if buggy:
+        assert mismatch and all("bwd" in f.direction and "fwd" not in f.direction.split(",")
+                                for f in mismatch)
+    else:
+        assert not mismatch
