@@ -32,7 +32,7 @@ app: $(STAMP)
 	$(BIN)/streamlit run app/main.py
 
 bench: $(STAMP)
-	$(BIN)/python -m models.bench_scan
+	$(BIN)/diagnose bench
 
 clean-venv:
 	rm -rf $(VENV)
