@@ -458,27 +458,20 @@ def bench_recorder(*, device: str = "cpu", backbone: str = "MAMBA-V2-T",
     reported by its median round. `probes_timed` is how many probe steps fell in the timed
     steps (1..steps; the untimed warm-up is step 0, itself a probe step).
     """
-    import inspect
+    from diagnostics.bench_recorder import steps_per_s
 
-    from diagnostics.bench_recorder import _steps_per_s
-
-    kwargs = {}
-    if device != "cpu":
-        if "device" not in inspect.signature(_steps_per_s).parameters:
-            raise ValueError("the recorder benchmark runs on the CPU only "
-                             "(diagnostics.bench_recorder takes no device yet)")
-        kwargs["device"] = device
+    kwargs = {"device": device}
     configs: list[int | None] = [None, *probe_every]
     results: dict[int | None, list[float]] = {c: [] for c in configs}
     # A short untimed run first: the process's first-call costs (lazy library init, allocator
     # growth) would otherwise fall on whichever configuration runs first, "no recorder".
     progress("recorder: warm-up")
-    _steps_per_s(backbone, tuple(image_size), patch_size, batch, 3, None, **kwargs)
+    steps_per_s(backbone, tuple(image_size), patch_size, batch, 3, None, **kwargs)
     for r in range(rounds):
         for c in configs:
             progress(f"recorder round {r + 1}/{rounds}: "
                      + ("no recorder" if c is None else f"probe_every={c}"))
-            results[c].append(_steps_per_s(backbone, tuple(image_size), patch_size, batch,
+            results[c].append(steps_per_s(backbone, tuple(image_size), patch_size, batch,
                                            steps, c, **kwargs))
     base = statistics.median(results[None])
     rows = []
@@ -854,9 +847,6 @@ def _section_resolution(device, kw, threads, quick, progress) -> Section:
 
 def _section_recorder(device, kw, threads, quick, progress) -> Section:
     notes = []
-    if device != "cpu":
-        notes.append("measured on the CPU: diagnostics.bench_recorder takes no device yet")
-        device = "cpu"
     df = bench_recorder(device=device, progress=progress, **kw)
     h, w = kw["image_size"]
     notes.insert(0, f"{kw['backbone']} at {h}x{w}, patch {kw['patch_size']}, batch {kw['batch']}, "

@@ -24,17 +24,21 @@ from diagnostics.recorder import Recorder
 from models import build_model
 
 
-def _steps_per_s(backbone, img, patch, batch, steps, probe_every, seed=0) -> float:
+def steps_per_s(backbone, img, patch, batch, steps, probe_every, seed=0, device="cpu") -> float:
+    """Training steps/s of `backbone` on random data, with the Recorder at `probe_every`
+    (None: no recorder), after one untimed warm-up step."""
     torch.manual_seed(seed)
-    model = build_model(backbone, img_size=img, patch_size=patch)
+    model = build_model(backbone, img_size=img, patch_size=patch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = [torch.randn(batch, 3, *img) for _ in range(4)]
-    target = torch.randn(batch, model.num_features)
+    data = [torch.randn(batch, 3, *img, device=device) for _ in range(4)]
+    target = torch.randn(batch, model.num_features, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as d:
         rec = Recorder(model, f"{d}/run", probe_every=probe_every) if probe_every is not None else None
         # one warm-up step, not timed (allocator, first-call costs)
         for i in range(steps + 1):
             if i == 1:
+                sync()
                 t0 = time.perf_counter()
             loss = F.mse_loss(model(data[i % len(data)]), target)
             loss.backward()
@@ -44,6 +48,7 @@ def _steps_per_s(backbone, img, patch, batch, steps, probe_every, seed=0) -> flo
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad()
+        sync()
         elapsed = time.perf_counter() - t0
         if rec:
             rec.close()
@@ -65,7 +70,7 @@ def main(argv=None) -> int:
     results = {c: [] for c in configs}
     for _ in range(a.rounds):
         for c in configs:
-            results[c].append(_steps_per_s(a.backbone, img, a.patch_size, a.batch_size, a.steps, c))
+            results[c].append(steps_per_s(a.backbone, img, a.patch_size, a.batch_size, a.steps, c))
     base = statistics.median(results[None])
     print(f"recorder overhead: {a.backbone} at {a.image_size} patch {a.patch_size}, batch "
           f"{a.batch_size}, {a.steps} steps x {a.rounds} rounds (median), "
