@@ -52,6 +52,8 @@ class Analysis:
     findings: list[list[Finding]]
     summaries: list[dict[str, Any]]
     comparisons: list[tuple[int, int, Comparison]] = field(default_factory=list)
+    # scan paths vs attention (diagnostics.maps.maps_for_report): (map sets, scores, notes)
+    maps: tuple[list, Any, list[str]] = field(default_factory=lambda: ([], None, []))
 
     def all_findings(self) -> list[tuple[int, Finding]]:
         """(run index, finding), worst first across runs."""
@@ -72,7 +74,9 @@ def analyse_runs(runs: Sequence[Run]) -> Analysis:
     summaries = [run_summary(r, f) for r, f in zip(runs, findings)]
     comps = [(0, j, compare(runs[0], runs[j], findings[0], findings[j]))
              for j in range(1, len(runs))]
-    return Analysis(runs, findings, summaries, comps)
+    from diagnostics.maps import maps_for_report
+    return Analysis(runs, findings, summaries, comps,
+                    maps=maps_for_report([r.path for r in runs]))
 
 
 def _safe_name(name: str) -> str:
@@ -381,9 +385,12 @@ def render_html(a: Analysis, *, title: str | None = None, now: _dt.datetime | No
     nav = [("summary", "Summary"), ("findings", f"Findings ({n_find})")]
     if a.comparisons:
         nav.append(("comparison", "Comparison"))
-    nav += fig_nav + [("glossary", "Codes")]
+    nav += fig_nav + [("maps", "Scan paths vs attention"), ("glossary", "Codes")]
+    from diagnostics.maps_cmd import section_html
+    sets, scores, notes = a.maps
+    maps_html = section_html(sets, scores, images=(0, 1), notes=notes)
     body = (_summary_html(a) + _findings_html(a, rendered) + _comparison_html(a) + fig_html
-            + _glossary_html())
+            + maps_html + _glossary_html())
     try:
         from importlib.metadata import version
         ver = version("mambascope")

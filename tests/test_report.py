@@ -232,3 +232,36 @@ def test_report_renders_in_chromium(hostile_run, tiny_vit_run, tmp_path):
     n_figs = page.read_text().count('class="plotly-graph-div"')
     assert n_figs >= 8 and dom.count('class="main-svg"') >= n_figs   # plotly drew each figure
     assert XSS not in dom and "&lt;script&gt;alert(1)&lt;/script&gt;" in dom
+
+
+def test_report_shows_scan_paths_vs_attention_when_maps_are_recorded(tiny_mamba_run, tiny_vit_run,
+                                                                     tmp_path):
+    from diagnostics import maps as M
+    from models import build_model
+
+    runs = []
+    probe = M.probe_images(2, dataset="synthetic:16", img_size=(32, 16))
+    for src, backbone in ((tiny_vit_run, "VIT-T"), (tiny_mamba_run, "MAMBA-V2-T")):
+        dst = tmp_path / backbone
+        shutil.copytree(src, dst)
+        torch.manual_seed(0)
+        model = build_model(backbone, img_size=(32, 16), patch_size=8, depth=2)
+        ms = M.compute_maps(model, probe, backbone=backbone, name=backbone, step=5,
+                            attribution_methods=("saliency",))
+        M.save_maps(ms, M.maps_dir(dst) / "step-00000005.npz")
+        runs.append(load_run(dst))
+    a = analyse_runs(runs)
+    sets, scores, _ = a.maps
+    assert [s.backbone for s in sets] == ["VIT-T", "MAMBA-V2-T"]
+    page = render_html(a)
+    section = page[page.index('<section id="maps">'):]
+    section = section[: section.index("</section>")]
+    assert 'href="#maps"' in page and "mean_distance" in section
+    # the agreement table carries the numbers compare_maps computed, row for row
+    assert section.count("<tr>") >= len(M.comparison_table(scores)) + 1
+
+
+def test_report_without_maps_says_how_to_compute_them(tiny_vit_run):
+    page = render_html(analyse_runs([load_run(tiny_vit_run)]))
+    section = page[page.index('<section id="maps">'):]
+    assert "diagnose maps --run" in section[: section.index("</section>")]
