@@ -24,6 +24,7 @@ SUBCOMMANDS = {
     "models": ("diagnostics.commands", "list the registered backbones: parameters, tokens, scan backend"),
     "train": ("diagnostics.train", "the reference training harness, recording as it trains"),
     "compare": ("diagnostics.train", "train several backbones with the same settings and print the seed's table"),
+    "sweep": ("diagnostics.sweep", "test the seed's remedies: a baseline, each remedy alone and the full recipe, ranked"),
     "bench": ("diagnostics.bench", "scan backends, cost vs resolution, recorder overhead, loading; writes reports/bench.html"),
     "maps": ("diagnostics.maps_cmd", "scan paths vs attention: hidden attention, rollout, attributions, ERF, scores"),
 }
