@@ -404,7 +404,10 @@ def _jsonable(value: Any) -> Any:
 
 def _sort_key(f: Finding):
     first = f.steps[0] if f.steps else -1
-    return (-severity_rank(f.severity), first, f.layer if f.layer is not None else -2, f.code)
+    # At the same severity and step the non-finite value leads: it names the cause (step and
+    # module) of what the other findings (loss.diverged, ...) only describe.
+    return (-severity_rank(f.severity), first, f.code != "nonfinite",
+            f.layer if f.layer is not None else -2, f.code)
 
 
 def count_by_severity(findings: Iterable[Finding]) -> dict[str, int]:
@@ -506,12 +509,12 @@ def detect_nonfinite(run) -> list[Finding]:
     st, ev = run.steps, run.events
     rows: list[tuple[int, str]] = []
     if _has(st, "step", "nonfinite"):
-        bad = st[_bool(st["nonfinite"])]
+        bad = st[_bool(st["nonfinite"]) & _num(st["step"]).notna()]   # a row without a step: skip
         where = (bad["nonfinite_where"] if "nonfinite_where" in bad
                  else pd.Series("", index=bad.index))
         rows = [(int(s), str(w) if isinstance(w, str) else "") for s, w in zip(bad["step"], where)]
     if not rows and _has(ev, "step", "kind"):
-        bad = ev[ev["kind"].astype("string") == "nonfinite"]
+        bad = ev[(ev["kind"].astype("string") == "nonfinite") & _num(ev["step"]).notna()]
         rows = [(int(s), str(w) if isinstance(w, str) else "")
                 for s, w in zip(bad["step"], bad.get("where", pd.Series("", index=bad.index)))]
     if not rows:
@@ -554,7 +557,7 @@ def detect_loss_diverged(run) -> list[Finding]:
     st = run.steps
     loss = _num(st["loss"])
     steps = _num(st["step"])
-    nonfinite = steps[~np.isfinite(loss)]
+    nonfinite = steps[~np.isfinite(loss) & steps.notna()]
     fl = _finite_loss(run)
     evidence: dict[str, Any] = {}
     first_bad: int | None = int(nonfinite.iloc[0]) if len(nonfinite) else None

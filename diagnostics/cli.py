@@ -27,6 +27,7 @@ SUBCOMMANDS = {
     "sweep": ("diagnostics.sweep", "test the seed's remedies: a baseline, each remedy alone and the full recipe, ranked"),
     "bench": ("diagnostics.bench", "scan backends, cost vs resolution, recorder overhead, loading; writes reports/bench.html"),
     "maps": ("diagnostics.maps_cmd", "scan paths vs attention: hidden attention, rollout, attributions, ERF, scores"),
+    "export": ("diagnostics.export", "write a run's tables as TensorBoard scalars and histograms (--tensorboard DIR)"),
 }
 
 

@@ -649,6 +649,84 @@ class RunWriter:
             self._manifest["updated_at"] = time.time()
         self._write_manifest()
 
+    def rewind(self, step: int) -> int:
+        """Drop every recorded row whose ``step`` is ``>= step``, in every table; returns how
+        many rows went. For resuming from a checkpoint taken before the run stopped: the steps
+        after it are recorded again, and each step must stay recorded once.
+
+        Rows without a step (null) and tables without a ``step`` column are kept. Atomic for
+        readers, by the merge rule: the kept rows of a table's affected parts are written as
+        one part whose span covers them and one fresh flush number (names are never reused),
+        then the covered parts are deleted; a reader sees the old rows or the new part, never
+        both. Only the parts from the first one holding a step ``>= step`` are rewritten.
+        """
+        if not self.enabled:
+            return 0
+        if self.closed:
+            raise ValueError(f"{self.path}: writer is closed")
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f"rewind step must be an integer >= 0, got {step!r}")
+        step = int(step)
+        self.flush()  # buffered rows go through the same filter
+        dropped = 0
+        for table_dir in self._table_dirs():
+            dropped += self._rewind_table(table_dir, step)
+        last = self._manifest.get("last_step")
+        if isinstance(last, int) and not isinstance(last, bool) and last >= step:
+            self._manifest["last_step"] = step - 1 if step > 0 else None
+        self._manifest["updated_at"] = time.time()
+        self._write_manifest()
+        return dropped
+
+    def _rewind_table(self, table_dir: Path, step: int) -> int:
+        table = table_dir.name
+        live, _ = _live_parts(_scan_parts(table_dir))
+        start = None  # index of the first live part holding a step >= `step`
+        for i, part in enumerate(live):
+            try:
+                steps = pq.read_table(part.path, columns=["step"])["step"]
+            except (KeyError, OSError, pa.ArrowException):
+                # No step column (an undocumented table) or a damaged part: not ours to cut.
+                continue
+            if not (pa.types.is_integer(steps.type) or pa.types.is_floating(steps.type)):
+                continue
+            top = pc.max(steps).as_py()
+            if top is not None and top >= step:
+                start = i
+                break
+        if start is None:
+            return 0
+        tail = live[start:]
+        kept, dropped = [], 0
+        for part in tail:
+            try:
+                data = pq.read_table(part.path)
+            except (OSError, pa.ArrowException) as e:
+                _log.warning("%s: unreadable part dropped while rewinding (%s)", part.path,
+                             _one_line(e))
+                continue
+            steps = data["step"] if "step" in data.column_names else None
+            if steps is not None and (pa.types.is_integer(steps.type)
+                                      or pa.types.is_floating(steps.type)):
+                keep = pc.fill_null(pc.less(steps, step), True)
+                n = data.num_rows
+                data = data.filter(keep)
+                dropped += n - data.num_rows
+            kept.append(data)
+        seq = self._next_seq.get(table, tail[-1].last + 1)
+        self._next_seq[table] = seq + 1
+        first = tail[0].first
+        merged = _concat(kept) if kept else pa.table({"step": pa.array([], pa.int64())})
+        self._write_parquet(merged, self._part_path(table, first, seq))
+        self._unmerged[table] = []  # pending parts were just covered: never merge them again
+        for part in _scan_parts(table_dir):
+            if first <= part.first and part.last < seq:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part.path)
+        if self._fsync:
+            _fsync_dir(table_dir)
+        return dropped
+
     def close(self, status: str | None = None, *, compact: bool = True) -> None:
         """Flush, compact each table into one part (``compact``), set the final status.
 
@@ -849,7 +927,13 @@ def _coerce(col: pa.ChunkedArray, kind: str, where: str, notes: list[str]) -> pa
         return out
     if src == "number" and kind == _INT:  # NaN or fractions in an int column
         notes.append(f"{where}: non-integer values in an int column, kept as float64")
-        return col.cast(pa.float64())
+        out = col.cast(pa.float64())
+        infinite = pc.is_inf(out)
+        if pc.any(infinite).as_py():
+            # No integer is infinite: a gap (NaN/null) as the contract has it, not a step.
+            notes.append(f"{where}: infinite values in an int column read as null")
+            out = pc.if_else(infinite, pa.scalar(None, pa.float64()), out)
+        return out
     if src in ("string", "number", "bool") and dst in ("number", "bool"):
         series = col.to_pandas()
         if src == "string" and dst == "bool":
@@ -938,6 +1022,31 @@ def _to_frame(data: pa.Table, table: str) -> pd.DataFrame:
     return frame
 
 
+# Documented manifest keys and the JSON types they may have (None: null allowed).
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "backbone": (str, type(None)), "config": (dict,), "versions": (dict,),
+    "device": (str, type(None)), "scan_backend": (str, type(None)),
+    "created_at": (int, float), "updated_at": (int, float, type(None)),
+    "last_step": (int, type(None)), "world_size": (int,), "model": (dict,),
+    "probe_every": (int, type(None)), "layer_every": (int, type(None)), "resumed_at": (list,),
+}
+
+
+def _checked_manifest(manifest: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The manifest without documented keys of the wrong JSON type (each noted): readers
+    can then trust ``manifest.get("config") or {}`` to be a dict, and so on."""
+    out = dict(manifest)
+    for key, types in _MANIFEST_TYPES.items():
+        if key not in out:
+            continue
+        value = out[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            notes.append(f"manifest {key} has type {type(value).__name__}, expected "
+                         f"{' or '.join(t.__name__ for t in types)}: ignored")
+            del out[key]
+    return out
+
+
 class Run:
     """A loaded run: the manifest and one DataFrame per table.
 
@@ -955,9 +1064,9 @@ class Run:
                  strict: bool):
         self.path = path
         self.name = path.absolute().name
-        self.manifest = manifest
-        self.schema_version: int = manifest["schema_version"]
         self.warnings: list[str] = []
+        self.manifest = _checked_manifest(manifest, self.warnings)
+        self.schema_version: int = manifest["schema_version"]
         self.partial = False
         self._strict = strict
         self._frames: dict[str, pd.DataFrame] = {}
@@ -1096,12 +1205,17 @@ def load_run(
             raise RunFormatError(f"{p}: not a directory")
         manifest = _read_manifest(p)
         _check_schema_version(manifest, p)
-        return Run(p, manifest, stale_after_s=stale_after_s, strict=strict)
+        run = Run(p, manifest, stale_after_s=stale_after_s, strict=strict)
     except RunFormatError:
         raise
     except (OSError, pa.ArrowException, ValueError, TypeError, KeyError) as e:
         # Anything else the file system or arrow throws at us still ends as one line.
         raise RunFormatError(f"{p}: cannot read run ({type(e).__name__}: {e})") from None
+    if run.partial:
+        # Said where every command's user sees it (stderr), whatever shows the run afterwards.
+        _log.warning("%s: partial run, unreadable parts skipped: %s", _one_line(run.name),
+                     _one_line("; ".join(w for w in run.warnings if "unreadable" in w))[:500])
+    return run
 
 
 def list_runs(runs_dir: str | os.PathLike) -> list[Path]:

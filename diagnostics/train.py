@@ -40,12 +40,22 @@ What one run does (the "Bag of Tricks" re-ID strong baseline around any backbone
   early: model, optimiser, scheduler, epoch, position in the epoch, step, RNG states and the
   config, tensors and plain types only, so `torch.load(weights_only=True)` reads it. --resume
   loads it and continues the same run (same step numbering). Resuming a run that died
-  mid-epoch re-records the steps after the last checkpoint: the run then holds those step
-  numbers twice (the older rows first); a `resume` event marks where.
+  mid-epoch re-records the steps after the last checkpoint, so the rows the dead attempt
+  recorded from the checkpoint's step on are dropped first (`RunWriter.rewind`): every step is
+  recorded once; a `resume` event says how many rows went.
 * Determinism: with the same --seed on the CPU two runs give identical losses (model init,
   sampler and augmentation are all seeded; the data order depends only on (seed, epoch)).
 * Non-finite loss or gradient norm: the run stops and is marked diverged (--on-nonfinite stop,
   the default), or that step's update is skipped and training goes on (continue).
+
+Under torchrun (`python -m torch.distributed.run --standalone --nproc-per-node N -m --
+diagnostics.cli train ...`, see docs/scale-out.md): the process group comes from torchrun's environment (gloo on the CPU,
+nccl on CUDA, each rank on cuda:LOCAL_RANK), the model is wrapped in DistributedDataParallel,
+each rank takes every N-th PK batch of the epoch (the DistributedSampler rule: an epoch is one
+pass over the data for all ranks together, so --batch-size is per rank and the effective batch
+is N x --batch-size; the lr is not rescaled), and rank 0 alone shows progress, evaluates,
+writes the run and the checkpoint. Stopping (non-finite values, --max-minutes) is agreed by
+all ranks at every step, so no rank waits for another that stopped.
 
 `train(config)` and `compare(...)` are the plain functions; `main` only converts arguments.
 `summary_table(run_paths)` builds the seed's comparison table from run directories (through
@@ -385,6 +395,78 @@ def _check_resume(config: TrainConfig, saved: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# torchrun
+# ---------------------------------------------------------------------------------------------
+
+def launched_by_torchrun() -> bool:
+    """True in a process that torchrun started as one of several ranks (WORLD_SIZE > 1)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+@dataclass
+class _Dist:
+    """This process's place in the job: rank, world size, and whether `train` made the group."""
+
+    rank: int = 0
+    world: int = 1
+    owned: bool = False
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def agree(self, *flags: bool, device=None) -> list[bool]:
+        """Each flag true on any rank -> true on every rank (one small all-reduce)."""
+        if self.world == 1:
+            return list(flags)
+        import torch
+        import torch.distributed as dist
+        t = torch.tensor([float(f) for f in flags], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return [bool(v) for v in t.tolist()]
+
+
+def _init_distributed(config: TrainConfig) -> tuple[_Dist, str]:
+    """Join the process group torchrun describes in the environment (RANK, WORLD_SIZE,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT): gloo on the CPU, nccl on CUDA with each rank on
+    cuda:LOCAL_RANK. A group the caller already made is used as it is. Returns the rank info and
+    the device name this rank trains on."""
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return _Dist(dist.get_rank(), dist.get_world_size(), owned=False), config.device
+    if not launched_by_torchrun():
+        return _Dist(), config.device
+    if not dist.is_available():
+        raise ValueError("started as several ranks (WORLD_SIZE > 1) but this torch build has "
+                         "no torch.distributed")
+    missing = [k for k in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+               if k not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE > 1 but {', '.join(missing)} not set: start the ranks "
+                         "with torchrun (python -m torch.distributed.run)")
+    device = config.device
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if dev.index is not None:
+            raise ValueError(f"--device {device} under torchrun: pass --device cuda (each rank "
+                             "uses cuda:LOCAL_RANK)")
+        local_rank = int(os.environ["LOCAL_RANK"])
+        device = f"cuda:{local_rank}"
+        torch.cuda.set_device(local_rank)
+        backend = "nccl"
+    else:
+        backend = "gloo"
+    dist.init_process_group(backend=backend)
+    return _Dist(dist.get_rank(), dist.get_world_size(), owned=True), device
+
+
+# ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
 
@@ -393,6 +475,7 @@ def train(config: TrainConfig) -> Path:
 
     Raises ValueError / FileExistsError / FileNotFoundError for what the user asked wrongly
     (one-line messages); the run is marked crashed if anything else fails during training.
+    Under torchrun every rank calls it; it returns on each rank once the run is closed.
     """
     import torch
 
@@ -409,18 +492,40 @@ def train(config: TrainConfig) -> Path:
     elif (run_dir / "manifest.json").exists() and not config.overwrite:
         raise FileExistsError(f"{run_dir} already holds a run: pass --overwrite to replace it "
                               "or --resume to continue it")
-    device = torch.device(config.device)
+    ddp, device_name = _init_distributed(config)
     threads_before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     try:
-        return _train(config, model_depth, run_dir, ckpt, device)
+        # Every rank has looked at the run directory before rank 0 writes into it.
+        ddp.barrier()
+        path = _train(config, model_depth, run_dir, ckpt, torch.device(device_name), ddp)
+        ddp.barrier()  # the run is closed on rank 0 before any rank returns
+        return path
     finally:
         torch.set_num_threads(threads_before)
+        if ddp.owned:
+            torch.distributed.destroy_process_group()
+
+
+def _with_head(backbone):
+    """Backbone + its ``reid_head`` as one module, for DDP to wrap: the forward DDP runs must
+    produce the loss's inputs, head included, else the head's parameters look unused to it."""
+    import torch.nn as nn
+
+    class BackboneWithHead(nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return self.backbone.reid_head(self.backbone(x))
+
+    return BackboneWithHead(backbone)
 
 
 def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | None,
-           device) -> Path:
+           device, ddp: _Dist) -> Path:
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
@@ -443,8 +548,13 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
     if P > data.num_classes:
         raise ValueError(f"--batch-size {config.batch_size} / --num-instances {K} = {P} "
                          f"identities per batch, but {data.spec} has {data.num_classes}")
-    sampler = PKSampler(data.train.pids, P, K, seed=config.seed)
-    steps_per_epoch = len(sampler)
+    # One epoch is about one pass over the data for all ranks together (DistributedSampler's
+    # rule): the sampler draws world x steps_per_epoch batches and rank r takes every world-th
+    # one from the r-th, so every rank runs the same number of steps.
+    one_pass = len(PKSampler(data.train.pids, P, K, seed=config.seed))
+    steps_per_epoch = max(1, one_pass // ddp.world)
+    sampler = PKSampler(data.train.pids, P, K, seed=config.seed,
+                        num_batches=steps_per_epoch * ddp.world)
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     eval_every = config.eval_every or max(1, config.epochs // DEFAULT_EVALS_PER_RUN)
@@ -455,6 +565,15 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
     backbone_params = sum(p.numel() for p in model.parameters())
     model.add_module("reid_head", BNNeckHead(model.num_features, data.num_classes))
     model.to(device)
+    if ddp.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        # Progressive depth skips blocks: their parameters get no gradient on some epochs.
+        net = DistributedDataParallel(
+            _with_head(model), device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=bool(config.progressive_depth))
+    else:
+        def net(x):
+            return model.reid_head(model(x))
     criterion = ReIDLoss(data.num_classes)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -473,7 +592,8 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
     recorded = dict(config.to_dict(), label=label, steps_per_epoch=steps_per_epoch,
                     warmup_steps=warmup_steps, total_steps=total_steps, eval_every=eval_every,
                     backbone_params=backbone_params, num_classes=data.num_classes,
-                    data=data.summary(), depth_schedule=schedule, batch_P=P)
+                    data=data.summary(), depth_schedule=schedule, batch_P=P,
+                    world_size=ddp.world)
     # Evaluation batches as large as the training ones: a larger batch would set the peak memory
     # that the comparison table reports (no_grad, so training's peak stays the higher one).
     query_loader = DataLoader(data.query, batch_size=config.batch_size, shuffle=False,
@@ -489,7 +609,15 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
         finally:
             model.train()
 
-    def checkpoint(epoch: int, batch: int, step: int) -> None:
+    def checkpoint(rec, epoch: int, batch: int, step: int) -> None:
+        if ddp.rank != 0:
+            return
+        # The rows of every step before the checkpoint's go to disk first: a crash then loses
+        # no step that a resume would skip (it redoes those after the checkpoint, and drops
+        # any the dead attempt flushed). The last step's per-layer rows wait in the recorder
+        # for their update ratios, which the optimizer step has filled in by now.
+        rec._commit_layers()
+        rec.writer.flush()
         _save_checkpoint(run_dir / CHECKPOINT_NAME, model=model.state_dict(),
                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                          epoch=epoch, batch=batch, step=step, rng=_rng_state(),
@@ -503,9 +631,14 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
                   backbone=config.backbone, overwrite=config.overwrite,
                   resume=config.resume, start_step=start_step) as rec:
         if ckpt is not None:
+            # The attempt that died recorded steps past its last checkpoint; they are recorded
+            # again now, so they go first (each step once).
+            dropped = rec.writer.rewind(start_step)
             rec.event("resume", f"resumed from the checkpoint at step {start_step} "
-                                f"(epoch {start_epoch}, batch {start_batch})")
-        bar = tqdm(total=stop_at, initial=min(start_step, stop_at), disable=config.quiet,
+                                f"(epoch {start_epoch}, batch {start_batch}); {dropped} rows "
+                                f"recorded after it by the previous attempt dropped")
+        bar = tqdm(total=stop_at, initial=min(start_step, stop_at),
+                   disable=config.quiet or ddp.rank != 0,
                    desc=label, unit="step", dynamic_ncols=True, leave=True)
         step, epoch, batch_i = start_step, start_epoch, start_batch
         stopped = None        # why training ended early: "max-steps", "time", "nonfinite"
@@ -525,19 +658,24 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
                     depth_now = d
                 sampler.set_epoch(epoch)
                 data.train.set_epoch(epoch)
-                batches = list(sampler)[(start_batch if epoch == start_epoch else 0):]
+                batches = list(sampler)[ddp.rank::ddp.world]
+                batches = batches[(start_batch if epoch == start_epoch else 0):]
                 loader = DataLoader(data.train, batch_sampler=batches, num_workers=config.workers)
                 batch_i = start_batch if epoch == start_epoch else 0
                 for images, pids, _ in loader:
                     images, pids = images.to(device), pids.to(device)
                     optimizer.zero_grad(set_to_none=True)
-                    global_feat, _, logits = model.reid_head(model(images))
+                    global_feat, _, logits = net(images)
                     loss = criterion(global_feat, logits, pids)
                     loss.backward()
                     gnorm = rec.step(loss, optimizer=optimizer, clip_grad=config.clip_grad,
                                      epoch=epoch)
                     loss_v = float(loss.detach())
                     finite = math.isfinite(loss_v) and math.isfinite(gnorm)
+                    time_up = budget_s is not None and time.monotonic() - t0 > budget_s
+                    if ddp.world > 1:  # every rank takes the same decisions
+                        bad, time_up = ddp.agree(not finite, time_up, device=device)
+                        finite = not bad
                     if finite:
                         optimizer.step()
                     scheduler.step()
@@ -559,16 +697,19 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
                     if step >= stop_at:
                         stopped = "max-steps" if step < total_steps else None
                         break
-                    if budget_s is not None and time.monotonic() - t0 > budget_s:
+                    if time_up:
                         stopped = "time"
                         break
                 if stopped == "nonfinite":
                     break
                 epoch_done = batch_i >= steps_per_epoch
                 if epoch_done and ((epoch + 1) % eval_every == 0 or epoch + 1 == config.epochs):
-                    _log_eval(rec, evaluate(), epoch, bar, config.quiet)
+                    if ddp.rank == 0:
+                        _log_eval(rec, evaluate(), epoch, bar, config.quiet)
                     evaluated_at = (epoch, step)
-                checkpoint(epoch + 1 if epoch_done else epoch, 0 if epoch_done else batch_i, step)
+                checkpoint(rec, epoch + 1 if epoch_done else epoch, 0 if epoch_done else batch_i,
+                           step)
+                ddp.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
                 if stopped or step >= stop_at:
                     break
             if stopped == "nonfinite":
@@ -576,7 +717,7 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
                           where="nonfinite")
                 rec.close("diverged")
             else:
-                if evaluated_at != (epoch, step):
+                if evaluated_at != (epoch, step) and ddp.rank == 0:
                     _log_eval(rec, evaluate(), epoch, bar, config.quiet)
                 if stopped:
                     why = (f"--max-steps {config.max_steps}" if stopped == "max-steps"
@@ -890,10 +1031,15 @@ def main(args: argparse.Namespace, name: str) -> int:
             raise ValueError("diagnose train needs --run PATH (e.g. runs/mamba_v2)")
         config = config_from_args(args)
         path = train(config)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return 0  # under torchrun rank 0 speaks for the run
         print_summary(summary_table([path]), console, title=f"run {path}")
         console.print(f"run written to {path}  (analyse it: diagnose --run {path})")
         return 0
 
+    if launched_by_torchrun():
+        raise ValueError("diagnose compare trains one backbone after another: start it without "
+                         "torchrun (or run `diagnose train` per backbone under torchrun)")
     backbones = [b.strip() for b in args.backbones.split(",") if b.strip()]
     if not backbones:
         raise ValueError("--backbones is empty")
