@@ -130,6 +130,8 @@ class Recorder:
         check_activations: when the model's output is non-finite, name the first module whose
             output went non-finite from finite inputs.
         overwrite, resume: passed to the writer (an existing run is never clobbered silently).
+        start_step: the step to continue from when resuming; rows of later steps that the
+            previous attempt recorded are dropped.
         flush_every_s: how often buffered rows reach the disk (a crash loses at most this much).
     """
 
@@ -188,6 +190,11 @@ class Recorder:
         )
         self.writer = RunWriter(self.run_dir, manifest=manifest, overwrite=overwrite,
                                 resume=resume, flush_every_s=flush_every_s, enabled=self.enabled)
+        self.rows_dropped_on_resume = 0
+        if resume and start_step:
+            # The attempt that died may have recorded steps past the checkpoint it is resumed
+            # from; they are recorded again now, so they go first (each step recorded once).
+            self.rows_dropped_on_resume = self.writer.rewind(start_step)
         if self.enabled and not (resume and alog_path.exists()):
             tmp = alog_path.with_suffix(".pt.tmp")     # atomic, like every file of the run
             torch.save(self._alog_init, tmp)
@@ -418,6 +425,12 @@ class Recorder:
         self.writer.append("eval", dict(step=self.step_index - 1 if step is None else step,
                                         epoch=int(epoch), mAP=float(mAP), rank1=float(rank1),
                                         rank5=float(rank5), rank10=float(rank10)))
+        self.writer.flush()
+
+    def flush(self):
+        """Put every recorded row on disk now (before a checkpoint: a crash then loses no step
+        that a resume from that checkpoint would skip)."""
+        self._commit_layers()
         self.writer.flush()
 
     def heartbeat(self):

@@ -123,6 +123,8 @@ class TrainConfig:
     patch_size: int | None = None        # None: the model's default (16)
     depth: int | None = None             # None: the backbone's own depth
     vim_buggy_init: bool = False         # VIM-*: reproduce Vim's zeroed dt_proj_b bias on purpose
+    maps: int = 3                        # map snapshots (scan paths vs attention) over the run
+    maps_images: int = 4                 # probe images the maps are computed on
     probe_every: int = 50
     eval_every: int | None = None        # None: about DEFAULT_EVALS_PER_RUN evaluations
     seed: int = 0
@@ -616,8 +618,7 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
         # no step that a resume would skip (it redoes those after the checkpoint, and drops
         # any the dead attempt flushed). The last step's per-layer rows wait in the recorder
         # for their update ratios, which the optimizer step has filled in by now.
-        rec._commit_layers()
-        rec.writer.flush()
+        rec.flush()
         _save_checkpoint(run_dir / CHECKPOINT_NAME, model=model.state_dict(),
                          optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                          epoch=epoch, batch=batch, step=step, rng=_rng_state(),
@@ -626,17 +627,36 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
     t0 = time.monotonic()
     budget_s = config.max_minutes * 60 if config.max_minutes else None
     stop_at = min(total_steps, config.max_steps) if config.max_steps else total_steps
+
+    # Scan paths vs attention on fixed probe images (the same for every backbone on the same
+    # data and size), at `config.maps` steps spread over the run: the first, the last and
+    # evenly between. Rank 0 only; the time it takes falls on the next step's step_time_s.
+    maps_due = ([stop_at] if config.maps == 1 else
+                sorted({round(i * stop_at / max(config.maps - 1, 1)) for i in range(config.maps)}))
+    probe = None
+    if config.maps > 0 and ddp.rank == 0:
+        from diagnostics.maps import probe_images
+        probe = probe_images(config.maps_images, dataset=config.dataset,
+                             img_size=tuple(config.image_size), seed=config.seed)
+
+    def snapshot_maps(rec, step: int, final: bool = False) -> None:
+        if probe is None or not maps_due or (step < maps_due[0] and not final):
+            return
+        from diagnostics.maps import record_maps
+        record_maps(run_dir, model, probe, step, backbone=config.backbone, name=label,
+                    ig_steps=16)
+        while maps_due and maps_due[0] <= step:
+            maps_due.pop(0)
+        rec.heartbeat()
     model.train()
     with Recorder(model, run_dir, probe_every=config.probe_every, config=recorded,
                   backbone=config.backbone, overwrite=config.overwrite,
                   resume=config.resume, start_step=start_step) as rec:
         if ckpt is not None:
-            # The attempt that died recorded steps past its last checkpoint; they are recorded
-            # again now, so they go first (each step once).
-            dropped = rec.writer.rewind(start_step)
             rec.event("resume", f"resumed from the checkpoint at step {start_step} "
-                                f"(epoch {start_epoch}, batch {start_batch}); {dropped} rows "
-                                f"recorded after it by the previous attempt dropped")
+                                f"(epoch {start_epoch}, batch {start_batch}); "
+                                f"{rec.rows_dropped_on_resume} rows recorded after it by the "
+                                f"previous attempt dropped")
         bar = tqdm(total=stop_at, initial=min(start_step, stop_at),
                    disable=config.quiet or ddp.rank != 0,
                    desc=label, unit="step", dynamic_ncols=True, leave=True)
@@ -645,6 +665,7 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
         evaluated_at = None   # (epoch, step) of the last evaluation
         depth_now = None
         try:
+            snapshot_maps(rec, step)
             for epoch in range(start_epoch, config.epochs):
                 if step >= stop_at:
                     stopped = stopped or "max-steps"
@@ -707,6 +728,8 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
                     if ddp.rank == 0:
                         _log_eval(rec, evaluate(), epoch, bar, config.quiet)
                     evaluated_at = (epoch, step)
+                if step < stop_at:
+                    snapshot_maps(rec, step)
                 checkpoint(rec, epoch + 1 if epoch_done else epoch, 0 if epoch_done else batch_i,
                            step)
                 ddp.barrier()  # the other ranks wait for rank 0's evaluation and checkpoint
@@ -719,6 +742,7 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
             else:
                 if evaluated_at != (epoch, step) and ddp.rank == 0:
                     _log_eval(rec, evaluate(), epoch, bar, config.quiet)
+                snapshot_maps(rec, step, final=True)
                 if stopped:
                     why = (f"--max-steps {config.max_steps}" if stopped == "max-steps"
                            else f"--max-minutes {config.max_minutes:g}")
@@ -958,6 +982,8 @@ def _add_training_options(p: argparse.ArgumentParser) -> None:
     a("--image-size", metavar="HxW", help="input size (default 256x128)")
     a("--patch-size", type=int, help="patch side (default: the model's, 16)")
     a("--depth", type=int, help="number of blocks (default: the backbone's)")
+    a("--maps", type=int, metavar="N",
+      help=f"map snapshots (scan paths vs attention) over the run, 0 for none (default {d.maps})")
     a("--vim-buggy-init", action="store_true", default=None,
       help="VIM-S/VIM-T only: leave the backward scan's dt_proj_b bias at zero, as the public "
            "Vim code does (dt = softplus(0) = 0.69), to see what the analyzers say")

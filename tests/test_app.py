@@ -29,6 +29,16 @@ MARKDOWN_ELEMENTS = ("markdown", "caption", "title", "header", "subheader", "inf
                      "error", "success", "metric")
 
 
+@pytest.fixture(autouse=True)
+def _keep_main_module():
+    """Streamlit runs each page as a module named __main__ and leaves it in sys.modules; a
+    later test that starts processes with multiprocessing (spawn/forkserver re-import the main
+    module from its path) would then run app/main.py in its children. Put the real one back."""
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+
+
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory, tiny_mamba_run, tiny_vit_run, train_tiny):
     """runs/: demo/MAMBA-V2-T (nested, with maps), VIT-T (with maps), lr_x100 (diverged: findings),

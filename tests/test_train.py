@@ -24,7 +24,7 @@ def _one_thread():
 # 32x16 images, patch 8: 8 tokens; 16 identities (8 train, 8 test); P=2 x K=4.
 TINY = TrainConfig(dataset="synthetic:16", image_size=(32, 16), patch_size=8, batch_size=8,
                    num_instances=4, epochs=2, warmup_epochs=0, max_steps=2, probe_every=2,
-                   lr=1e-3, quiet=True)
+                   lr=1e-3, quiet=True, maps=0)
 
 
 def _tiny(tmp_path, backbone="VIT-T", name="run", **kw) -> TrainConfig:
@@ -192,3 +192,15 @@ def test_vim_buggy_init_flag_is_caught_at_step_0(tmp_path, buggy):
                                 for f in mismatch)
     else:
         assert not mismatch
+
+
+def test_maps_are_recorded_at_the_first_and_last_step(tmp_path):
+    from diagnostics.maps import load_maps, maps_for_report
+    paths = [train(_tiny(tmp_path, bb, name=bb, maps=2, maps_images=2))
+             for bb in ("VIT-T", "MAMBA-V2-T")]
+    for path in paths:
+        assert sorted(p.name for p in (path / "maps").glob("*.npz")) == [
+            "step-00000000.npz", "step-00000002.npz"]
+        assert [m.step for m in load_maps(path)] == [0, 2]
+    sets, scores, _ = maps_for_report(paths)
+    assert [s.backbone for s in sets] == ["VIT-T", "MAMBA-V2-T"] and len(scores)
