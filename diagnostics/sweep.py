@@ -62,11 +62,9 @@ model to learn identities leaves mAP at chance, and the loss then says how fast 
 down to the trivial solution (uniform class scores: ln(classes) + the triplet margin), which a
 small lr reaches last.
 
-Init and the training harness: `train.train` has no model hook, so the init perturbation is a
-field of :class:`SweepConfig` (a `TrainConfig`, recorded in each run's manifest as
-``generic_init``) applied in the training process by :func:`_train_child`, which wraps the
-harness's model builder and then runs the harness's own child. When `TrainConfig` gains an init
-option, `_spawn_train` and the wrapper go and `train._train_isolated` runs every variant.
+Init: the perturbation is `TrainConfig.generic_init` (recorded in each run's manifest), which
+the harness applies right after building the backbone (`models.layers.generic_init`); every
+variant runs in its own process through `train._train_isolated`.
 """
 
 from __future__ import annotations
@@ -84,7 +82,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from diagnostics.train import (TrainConfig, _add_training_options, parse_depths,
+from models.layers import ssm_parts
+from diagnostics.train import (TrainConfig, _train_isolated, _add_training_options, parse_depths,
                                parse_image_size, results_console, validate)
 
 log = logging.getLogger(__name__)
@@ -112,64 +111,7 @@ FINAL_MIN_STEPS = 5
 #: Statuses of runs that did not train to the end.
 FAILED = ("crashed", "diverged", "failed", "running")
 
-SSM_PARTS = ("dt", "alog")
-_SSM_PARAM = {"dt": re.compile(r"(?:^|\.)dt_proj(?:_\w+)?\.(?:weight|bias)$"),
-              "alog": re.compile(r"(?:^|\.)A(?:_\w+)?_log$")}
-
-
-# ---------------------------------------------------------------------------------------------
-# the init perturbation: what "before dt-init / alog-init" means
-# ---------------------------------------------------------------------------------------------
-
-def generic_init(model, parts: Sequence[str] = SSM_PARTS, *, seed: int = 0,
-                 std: float = 0.02) -> list[str]:
-    """Overwrite a model's SSM parameters as a generic ``_init_weights`` does when it forgets
-    Mamba's ``_no_reinit`` marks; returns the names of the parameters it overwrote.
-
-    Args:
-        model: any module; parameters follow mamba-ssm's names (``dt_proj``, ``dt_proj_b``,
-            ``A_log``, ``A_b_log``: VMamba's SS2D, Vim's bimamba v2, ``mamba_simple.Mamba``).
-        parts: ``"dt"``: ``dt_proj*.weight`` trunc-normal(std), ``dt_proj*.bias`` 0, so
-            dt = softplus(dt_proj(x)) starts near softplus(0) = 0.69 for every channel instead of
-            log-uniform in [1e-3, 1e-1]. ``"alog"``: ``A*_log`` trunc-normal(std), so
-            A = -exp(A_log) ~ -1 for every state instead of S4D-real -(1..N).
-        seed: the draws come from their own generator, so the rest of the run (head init, data
-            order) is the same as without the perturbation.
-    """
-    import torch
-    unknown = set(parts) - set(SSM_PARTS)
-    if unknown:
-        raise ValueError(f"generic_init: unknown parts {sorted(unknown)}; known: {SSM_PARTS}")
-    g = torch.Generator().manual_seed(int(seed))
-    done = []
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            for part in parts:
-                if not _SSM_PARAM[part].search(name):
-                    continue
-                if name.endswith(".bias"):
-                    p.zero_()
-                else:
-                    # drawn on the CPU in fp32 (A_log stays fp32), then copied into place
-                    p.copy_(torch.nn.init.trunc_normal_(torch.empty(p.shape), std=std,
-                                                        a=-2 * std, b=2 * std, generator=g))
-                done.append(name)
-    return done
-
-
-def ssm_parts(model) -> tuple[str, ...]:
-    """Which of :data:`SSM_PARTS` the model has parameters for (``()`` for ViT, MAMBA-S)."""
-    names = [n for n, _ in model.named_parameters()]
-    return tuple(part for part in SSM_PARTS if any(_SSM_PARAM[part].search(n) for n in names))
-
-
 @dataclass
-class SweepConfig(TrainConfig):
-    """A `TrainConfig` plus the init perturbation (recorded in the manifest's config)."""
-
-    generic_init: tuple[str, ...] = ()   # SSM parts overwritten by `generic_init` after building
-
-
 # ---------------------------------------------------------------------------------------------
 # remedies
 # ---------------------------------------------------------------------------------------------
@@ -295,7 +237,7 @@ class Variant:
     name: str
     remedies: list[Remedy]
     changes: str                         # what differs from the baseline, in words
-    configs: list[SweepConfig] = field(default_factory=list)
+    configs: list[TrainConfig] = field(default_factory=list)
 
 
 def run_dir_name(variant: str, seed: int) -> str:
@@ -346,7 +288,7 @@ def _scale_depths(depths: tuple[int, ...] | None, model_depth: int) -> tuple[int
     return tuple(scaled)
 
 
-def plan_sweep(base: SweepConfig, remedies: Sequence[Remedy], runs_dir: str | os.PathLike, *,
+def plan_sweep(base: TrainConfig, remedies: Sequence[Remedy], runs_dir: str | os.PathLike, *,
                budget_steps: int | None = DEFAULT_BUDGET_STEPS, seeds: int = DEFAULT_SEEDS,
                recipe: bool = True, notes: list[str] | None = None) -> list[Variant]:
     """The variants and their run configs, validated (ValueError before anything trains).
@@ -408,7 +350,7 @@ def plan_sweep(base: SweepConfig, remedies: Sequence[Remedy], runs_dir: str | os
     return variants
 
 
-def _settings(cfg: SweepConfig) -> dict:
+def _settings(cfg: TrainConfig) -> dict:
     keys = ("lr", "clip_grad", "warmup_epochs", "scheduler", "batch_size", "progressive_depth",
             "augment", "generic_init")
     return {k: getattr(cfg, k) for k in keys}
@@ -419,7 +361,7 @@ def _model_ssm_parts(cfg: TrainConfig) -> tuple[str, ...]:
     return ssm_parts(_build_backbone(cfg, meta=True))
 
 
-def _fit_budget(cfg: SweepConfig, budget_steps: int | None, sizes: dict) -> SweepConfig:
+def _fit_budget(cfg: TrainConfig, budget_steps: int | None, sizes: dict) -> TrainConfig:
     """Compress the reference schedule (``cfg.epochs``) into ``budget_steps`` steps."""
     if budget_steps is None:
         evals = cfg.eval_every or max(1, cfg.epochs // EVALS_PER_RUN)
@@ -443,48 +385,12 @@ def _fit_budget(cfg: SweepConfig, budget_steps: int | None, sizes: dict) -> Swee
 # running: one process per run, --jobs at a time
 # ---------------------------------------------------------------------------------------------
 
-def _train_child(config: SweepConfig, conn) -> None:  # pragma: no cover - runs in a subprocess
-    """In the training process: apply the init perturbation right after the backbone is built
-    (before the re-ID head, so the head's init and the data order are unchanged), then run the
-    harness's own child (`train._train_child`: trains and reports back on `conn`)."""
-    from diagnostics import train as harness
-    if config.generic_init:
-        build = harness._build_backbone
-
-        def build_then_perturb(cfg, meta: bool = False):
-            model = build(cfg, meta)
-            if not meta:
-                generic_init(model, cfg.generic_init, seed=cfg.seed)
-            return model
-        harness._build_backbone = build_then_perturb   # this process only
-    harness._train_child(config, conn)
-
-
-def _spawn_train(config: SweepConfig) -> Path:
-    """`train._train_isolated` with :func:`_train_child` as the child (the init perturbation).
-    Goes when `TrainConfig` has an init option (see the module docstring)."""
-    import multiprocessing as mp
-    ctx = mp.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_train_child, args=(config, child), name=f"sweep-{config.label}")
-    proc.start()
-    child.close()
-    try:
-        msg = parent.recv() if parent.poll(None) else ("error", "no answer")
-    except EOFError:
-        msg = ("error", f"training process died (exit status {proc.exitcode})")
-    proc.join()
-    if msg[0] != "ok":
-        raise RuntimeError(msg[1])
-    return Path(msg[1])
-
-
 #: Config keys that do not change what a run trains (a finished run with the same others is
 #: reused instead of retrained).
 _VOLATILE = {"run", "quiet", "overwrite", "resume", "threads", "workers", "max_minutes"}
 
 
-def _existing(cfg: SweepConfig) -> str | None:
+def _existing(cfg: TrainConfig) -> str | None:
     """'reuse' (finished or diverged with the same config), 'retrain' (crashed, same config),
     'differs', 'running', or None when there is no run."""
     path = Path(cfg.run)
@@ -538,7 +444,7 @@ def run_variants(variants: Sequence[Variant], *, jobs: int = 1, overwrite: bool 
                                   "to retrain it, or use another --runs-dir")
     results: list[RunResult] = []
 
-    def one(name: str, cfg: SweepConfig) -> RunResult:
+    def one(name: str, cfg: TrainConfig) -> RunResult:
         res = RunResult(name, cfg.seed, Path(cfg.run))
         state = _existing(cfg)
         if state == "reuse" and not overwrite:
@@ -547,7 +453,7 @@ def run_variants(variants: Sequence[Variant], *, jobs: int = 1, overwrite: bool 
         log.info("training %s seed %d into %s", name, cfg.seed, cfg.run)
         t0 = time.monotonic()
         try:
-            _spawn_train(dataclasses.replace(cfg, overwrite=state is not None, quiet=True))
+            _train_isolated(dataclasses.replace(cfg, overwrite=state is not None, quiet=True))
         except Exception as e:  # noqa: BLE001 - one failed run is a row of the table
             res.error = " ".join(str(e).split()) or type(e).__name__
         res.wall_s = time.monotonic() - t0
@@ -812,7 +718,7 @@ class SweepResult:
 def sweep(backbone: str = "MAMBA-V2", runs_dir: str | os.PathLike = "runs/sweep",
           remedies: str | Sequence[str] = DEFAULT_REMEDIES, *,
           budget_steps: int | None = DEFAULT_BUDGET_STEPS, seeds: int = DEFAULT_SEEDS,
-          jobs: int = 1, base: SweepConfig | None = None, recipe: bool = True,
+          jobs: int = 1, base: TrainConfig | None = None, recipe: bool = True,
           overwrite: bool = False, on_done: Callable[[RunResult, int, int], None] | None = None,
           notes: list[str] | None = None, detail: bool = False):
     """Train the baseline, each remedy alone and the recipe, and rank them.
@@ -825,7 +731,7 @@ def sweep(backbone: str = "MAMBA-V2", runs_dir: str | os.PathLike = "runs/sweep"
         seeds: runs per variant.
         jobs: training processes at a time (each gets ``cpu_count // jobs`` torch threads
             unless ``base.threads`` says otherwise).
-        base: the baseline's settings; default ``SweepConfig(**BASELINE)`` (a plain
+        base: the baseline's settings; default ``TrainConfig(**BASELINE)`` (a plain
             `TrainConfig` gets the generic init of :data:`BASELINE` too).
         recipe: add the all-remedies variant.
         overwrite: retrain runs that exist with other settings.
@@ -836,9 +742,9 @@ def sweep(backbone: str = "MAMBA-V2", runs_dir: str | os.PathLike = "runs/sweep"
     """
     t0 = time.monotonic()
     notes = notes if notes is not None else []
-    base = base if base is not None else SweepConfig(**BASELINE)
-    if not isinstance(base, SweepConfig):   # a plain TrainConfig: the generic init as well
-        base = SweepConfig(**{**dataclasses.asdict(base),
+    base = base if base is not None else TrainConfig(**BASELINE)
+    if not isinstance(base, TrainConfig):   # a plain TrainConfig: the generic init as well
+        base = TrainConfig(**{**dataclasses.asdict(base),
                               "generic_init": BASELINE["generic_init"]})
     threads = base.threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
     base = dataclasses.replace(base, backbone=backbone, threads=threads)
@@ -1016,10 +922,10 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
             action.help = _BASELINE_HELP[action.dest]
 
 
-_CONFIG_KEYS = {f.name for f in dataclasses.fields(SweepConfig)}
+_CONFIG_KEYS = {f.name for f in dataclasses.fields(TrainConfig)}
 
 
-def base_from_args(args: argparse.Namespace) -> SweepConfig:
+def base_from_args(args: argparse.Namespace) -> TrainConfig:
     """The baseline: :data:`BASELINE`, replaced by the training options given."""
     given = {k: v for k, v in vars(args).items()
              if k in _CONFIG_KEYS and v is not None and k != "backbone"}
@@ -1032,7 +938,7 @@ def base_from_args(args: argparse.Namespace) -> SweepConfig:
     if given.get("clip_grad") == 0:
         given["clip_grad"] = None
     given.pop("overwrite", None)
-    return SweepConfig(**{**BASELINE, **given})
+    return TrainConfig(**{**BASELINE, **given})
 
 
 def main(args: argparse.Namespace, name: str) -> int:

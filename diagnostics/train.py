@@ -124,6 +124,8 @@ class TrainConfig:
     depth: int | None = None             # None: the backbone's own depth
     vim_buggy_init: bool = False         # VIM-*: reproduce Vim's zeroed dt_proj_b bias on purpose
     maps: int = 3                        # map snapshots (scan paths vs attention) over the run
+    generic_init: tuple[str, ...] = ()   # SSM parts ("dt", "alog") given a generic init after
+                                         # building: the bug diagnose sweep's init remedies fix
     maps_images: int = 4                 # probe images the maps are computed on
     probe_every: int = 50
     eval_every: int | None = None        # None: about DEFAULT_EVALS_PER_RUN evaluations
@@ -143,6 +145,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["image_size"] = list(self.image_size)
         d["progressive_depth"] = list(self.progressive_depth) if self.progressive_depth else None
+        d["generic_init"] = list(self.generic_init)
         return d
 
     @classmethod
@@ -153,6 +156,7 @@ class TrainConfig:
             d["image_size"] = tuple(int(v) for v in d["image_size"])
         if d.get("progressive_depth"):
             d["progressive_depth"] = tuple(int(v) for v in d["progressive_depth"])
+        d["generic_init"] = tuple(d.get("generic_init") or ())
         return cls(**d)
 
 
@@ -564,6 +568,9 @@ def _train(config: TrainConfig, model_depth: int, run_dir: Path, ckpt: dict | No
 
     torch.manual_seed(config.seed)
     model = _build_backbone(config)
+    if config.generic_init:   # before the head: its init and the data order stay the same
+        from models.layers import generic_init
+        generic_init(model, config.generic_init, seed=config.seed)
     backbone_params = sum(p.numel() for p in model.parameters())
     model.add_module("reid_head", BNNeckHead(model.num_features, data.num_classes))
     model.to(device)

@@ -6,7 +6,9 @@ Reading order: registry, layers, attention, backbone base, init.
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -257,3 +259,53 @@ def mark(param: nn.Parameter, *, no_reinit: bool = False, no_weight_decay: bool 
         param._no_weight_decay = True
     return param
 
+
+# --------------------------------------------------------------------------------------------
+# a generic init that forgets Mamba's _no_reinit marks (what `diagnose sweep`'s dt-init and
+# alog-init remedies are measured against)
+# --------------------------------------------------------------------------------------------
+
+SSM_PARTS = ("dt", "alog")
+_SSM_PARAM = {"dt": re.compile(r"(?:^|\.)dt_proj(?:_\w+)?\.(?:weight|bias)$"),
+              "alog": re.compile(r"(?:^|\.)A(?:_\w+)?_log$")}
+
+
+def generic_init(model, parts: Sequence[str] = SSM_PARTS, *, seed: int = 0,
+                 std: float = 0.02) -> list[str]:
+    """Overwrite a model's SSM parameters as a generic ``_init_weights`` does when it forgets
+    Mamba's ``_no_reinit`` marks; returns the names of the parameters it overwrote.
+
+    Args:
+        model: any module; parameters follow mamba-ssm's names (``dt_proj``, ``dt_proj_b``,
+            ``A_log``, ``A_b_log``: VMamba's SS2D, Vim's bimamba v2, ``mamba_simple.Mamba``).
+        parts: ``"dt"``: ``dt_proj*.weight`` trunc-normal(std), ``dt_proj*.bias`` 0, so
+            dt = softplus(dt_proj(x)) starts near softplus(0) = 0.69 for every channel instead of
+            log-uniform in [1e-3, 1e-1]. ``"alog"``: ``A*_log`` trunc-normal(std), so
+            A = -exp(A_log) ~ -1 for every state instead of S4D-real -(1..N).
+        seed: the draws come from their own generator, so the rest of the run (head init, data
+            order) is the same as without the perturbation.
+    """
+    unknown = set(parts) - set(SSM_PARTS)
+    if unknown:
+        raise ValueError(f"generic_init: unknown parts {sorted(unknown)}; known: {SSM_PARTS}")
+    g = torch.Generator().manual_seed(int(seed))
+    done = []
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            for part in parts:
+                if not _SSM_PARAM[part].search(name):
+                    continue
+                if name.endswith(".bias"):
+                    p.zero_()
+                else:
+                    # drawn on the CPU in fp32 (A_log stays fp32), then copied into place
+                    p.copy_(torch.nn.init.trunc_normal_(torch.empty(p.shape), std=std,
+                                                        a=-2 * std, b=2 * std, generator=g))
+                done.append(name)
+    return done
+
+
+def ssm_parts(model) -> tuple[str, ...]:
+    """Which of :data:`SSM_PARTS` the model has parameters for (``()`` for ViT, MAMBA-S)."""
+    names = [n for n, _ in model.named_parameters()]
+    return tuple(part for part in SSM_PARTS if any(_SSM_PARAM[part].search(n) for n in names))

@@ -14,17 +14,19 @@ import torch
 
 from diagnostics import load_run
 from diagnostics.cli import main as cli_main
-from diagnostics.sweep import (BASELINE, DEFAULT_REMEDIES, RUN_COLUMNS, SweepConfig,
-                               generic_init, parse_remedies, plan_sweep, ranking, ssm_parts, sweep)
+from diagnostics.train import TrainConfig
+from diagnostics.sweep import (BASELINE, DEFAULT_REMEDIES, RUN_COLUMNS, parse_remedies,
+                               plan_sweep, ranking, sweep)
+from models.layers import generic_init, ssm_parts
 from models import build_model
 
 
 # 32x16 images, patch 8: 8 tokens; 16 identities (8 train: 67 images, 8 steps an epoch at
 # batch 8); 2 blocks.
-def _toy(**kw) -> SweepConfig:
+def _toy(**kw) -> TrainConfig:
     toy = dict(backbone="MAMBA-V2-T", dataset="synthetic:16", image_size=(32, 16), patch_size=8,
                batch_size=8, depth=2, threads=1)
-    return dataclasses.replace(SweepConfig(**BASELINE), **{**toy, **kw})
+    return dataclasses.replace(TrainConfig(**BASELINE), **{**toy, **kw})
 
 
 # ---------------------------------------------------------------------------------------------
