@@ -702,11 +702,7 @@ def _maps(paths: tuple[str, ...], keys: tuple):   # keys: the maps folders' stat
 def maps_of(paths: Sequence[Path]):
     """``(sets, scores, notes, without)``: the latest maps of each run that has some
     (:func:`diagnostics.maps.maps_for_report`), their comparison numbers, notes, and the runs
-    without maps. ``(None, None, [error], [])`` when the maps module cannot be used."""
-    try:
-        from diagnostics.maps import maps_dir  # noqa: F401 - is issue 7's module there?
-    except Exception as e:  # noqa: BLE001
-        return None, None, [f"the maps module cannot be imported ({type(e).__name__}: {e})"], []
+    without maps."""
     keys = tuple(_maps_key(p) for p in paths)
     without = [p for p, k in zip(paths, keys) if not any(n.endswith(".npz") for n, _, _ in k)]
     with_maps = [p for p in paths if p not in without]

@@ -12,8 +12,6 @@ is probed by running our own scan on its parameters and inputs.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 import torch.nn as nn

@@ -351,7 +351,7 @@ def _figures_html(a: Analysis) -> tuple[str, set[str], list[str], list[tuple[str
             div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{spec.key}",
                               config={"displaylogo": False, "responsive": True})
             back = by_fig.get(spec.key, [])
-            back_html = (f'<p class="backlinks">evidence for findings '
+            back_html = ('<p class="backlinks">evidence for findings '
                          + ", ".join(f'<a href="#finding-{n}">#{n}</a>' for n in back) + "</p>"
                          if back else "")
             blocks.append(f'<div class="fig" id="fig-{e(spec.key)}"><h3>{e(spec.title)}</h3>'

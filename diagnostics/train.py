@@ -921,7 +921,6 @@ def summary_table(run_paths: Sequence[str | os.PathLike]) -> "pandas.DataFrame":
 
 def print_summary(df, console=None, title: str = "backbones compared") -> None:
     """The summary table, with rich."""
-    from rich.console import Console
     from rich.table import Table
 
     console = console or results_console()

@@ -17,10 +17,6 @@ def body():
         return
     paths = [d.path for d in common.selected_digests() if d.ok]
     sets, scores, notes, without = common.maps_of(paths)
-    if sets is None:
-        st.error("The maps module is not available in this install:", icon=":material/error:")
-        st.code("\n".join(notes), language=None, wrap_lines=True)
-        return
     if without:
         st.info(("None of the selected runs has" if not sets else "Some selected runs have no")
                 + " maps recorded. Compute them from each run's checkpoint (for both backbones "
