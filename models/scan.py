@@ -18,9 +18,12 @@ and our paths are interchangeable:
 Backends:
 - ``reference``: the recurrence written out, one step at a time. Readable, the truth, and able to
   hand back the L2 norm of every hidden state (what the recorder needs on probe steps).
-- ``fast``: pure PyTorch with a hand-written backward (`_ScanFn`). The elementwise work is done
-  for all steps at once; only the two recurrences (forward over h, backward over dL/dh) loop over
-  time, in place, on contiguous (B, D, N) slices. Exact to fp32 rounding.
+- ``fast``: pure PyTorch with a hand-written backward (`_ScanFn`), blocked over channels and time
+  (`_plan`) so that no (L, B, D, N) buffer is ever made: per block the elementwise work is done
+  for all its steps at once, and only the two recurrences (forward over h, backward over dL/dh)
+  loop over time, in place, on contiguous per-step slices. The backward recomputes each block's
+  states instead of keeping them. Exact to fp32 rounding (exp(delta A) is taken as
+  exp2(delta A log2 e), see `_Blocks`).
 - ``cuda``: mamba-ssm's fused kernel, when `mamba_ssm` imports and the tensors are on CUDA.
 - ``auto``: ``cuda`` when possible, else ``fast``.
 """
@@ -170,8 +173,150 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 
 
 # --------------------------------------------------------------------------------------------
-# fast (CPU): vectorised elementwise work, in-place recurrences, hand-written backward
+# fast (CPU): blocked over channels and time, in-place recurrences, hand-written backward
 # --------------------------------------------------------------------------------------------
+
+# The fast path never materialises an (L, B, D, N) buffer. It walks over blocks of T steps and
+# Dc channels: each block's exp(delta A), states and dL/dh live in three buffers reused from
+# block to block (4 MiB each at the defaults), so the ~20 passes over the state space run in
+# cache instead of streaming over fresh (L, B, D, N) allocations (page faults, memory
+# bandwidth). Inside a block the layout is (T, B, gc, N, Dg): time-major, so every step is one
+# contiguous slice for the recurrences, and channels innermost, so the broadcasts against
+# delta_t (per channel) and B_t, C_t (per state) run over rows of Dg elements (N = 16 innermost
+# leaves torch's vectorised loops idle).
+# Two knobs, which change nothing but fp32 summation order (the tests vary them):
+#   _STEP_ELEMS   elements of one time step of a block (B * Dc * N): large enough to amortise the
+#                 per-step dispatch overhead of the recurrences;
+#   _BLOCK_ELEMS  elements of one block buffer (T * B * Dc * N): small enough to stay in cache.
+# Measured on the 2-core CPU (one thread), for (B, D, L) = (16, 768, 32) and (32, 384, 256):
+# smaller blocks pay more dispatch than they gain in cache, larger ones fall out of it.
+_STEP_ELEMS = 65536
+_BLOCK_ELEMS = 1 << 20
+_LOG2E = 1.4426950408889634
+
+
+def _plan(bsz: int, dim: int, n: int, groups: int, length: int):
+    """Channel chunks and time blocks of the fast path.
+
+    Returns ``(chunks, blocks)``: chunks ``(d0, d1, g0, gc)``, channels ``d0:d1`` made of ``gc``
+    groups from group ``g0`` on (a chunk is either inside one group, ``gc == 1``, or whole
+    groups), each group contributing ``(d1 - d0) // gc`` channels; blocks ``(t0, t1)``.
+    """
+    dg = dim // groups
+    per_channel = bsz * n
+    want = max(1, _STEP_ELEMS // per_channel)            # channels per chunk
+    chunks = []
+    if want >= dg:                                       # whole groups per chunk
+        gpc = min(groups, want // dg)
+        for g0 in range(0, groups, gpc):
+            gc = min(gpc, groups - g0)
+            chunks.append((g0 * dg, (g0 + gc) * dg, g0, gc))
+    else:                                                # split every group evenly
+        pieces = -(-dg // want)
+        bounds = [dg * i // pieces for i in range(pieces + 1)]
+        for g in range(groups):
+            for a, b in zip(bounds[:-1], bounds[1:]):
+                chunks.append((g * dg + a, g * dg + b, g, 1))
+    widest = max(d1 - d0 for d0, d1, _, _ in chunks)
+    steps = max(1, min(length, _BLOCK_ELEMS // (per_channel * widest)))
+    nblocks = -(-length // steps)
+    bounds = [length * i // nblocks for i in range(nblocks + 1)]
+    return chunks, list(zip(bounds[:-1], bounds[1:]))
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    """(B, ..., L) -> contiguous (L, B, ...), as one 2-D transpose (torch's blocked transpose
+    copy; a general permute copy runs ~2x slower)."""
+    return x.reshape(-1, x.shape[-1]).t().contiguous().view(x.shape[-1], *x.shape[:-1])
+
+
+def _time_last(x: torch.Tensor) -> torch.Tensor:
+    """Contiguous (L, B, ...) -> contiguous (B, ..., L); the inverse of `_time_major`."""
+    return x.reshape(x.shape[0], -1).t().contiguous().view(*x.shape[1:], x.shape[0])
+
+
+class _Blocks:
+    """The block plan of one scan call, its time-major inputs and its reusable block buffers.
+
+    Block buffers are (T, B, gc, N, Dg); a block of an (L, B, D) input is a (T, B, gc, 1, Dg)
+    view of it.
+    """
+
+    def __init__(self, d_t, u_t, A, B, C):
+        # d_t, u_t (L, B, D) time-major; A (D, N); B, C (B, G, N, L); all in the compute dtype.
+        length, bsz, dim = d_t.shape
+        n, groups = A.shape[1], B.shape[1]
+        self.shape = (bsz, dim, n, groups, length)
+        self.d_t, self.u_t = d_t, u_t
+        self.du_t = d_t * u_t                                             # (L, B, D)
+        self.AT = A.t().contiguous()                                      # (N, D)
+        # exp(delta A) = exp2(delta (A log2 e)): torch's exp runs ~3x slower than its exp2 on
+        # this CPU (MKL's vsExp against Sleef). The rounding of the product costs <= 6e-8
+        # absolute on a decay in (0, 1] (exp's own rounding: 3e-8).
+        self.A2T = self.AT * _LOG2E
+        self.Bs = _time_major(B)                                          # (L, B, G, N)
+        self.Cs = _time_major(C)                                          # (L, B, G, N)
+        self.chunks, self.blocks = _plan(bsz, dim, n, groups, length)
+        widest = max(d1 - d0 for d0, d1, _, _ in self.chunks)
+        longest = max(t1 - t0 for t0, t1 in self.blocks)
+        self._rows = (longest + 1) * bsz * widest        # + 1: row 0 of `states`
+        self._bufs = {}
+
+    def buffer(self, name, steps, gc, dgc, n=None):
+        """A reused (steps, B, gc, n (default N), dgc) buffer (a view of one allocation per
+        name, sized for the largest block)."""
+        bsz, _, n_, _, _ = self.shape
+        n = n_ if n is None else n
+        flat = self._bufs.get(name)
+        if flat is None:
+            flat = self._bufs[name] = self.AT.new_empty(self._rows * n)
+        return flat[: steps * bsz * gc * n * dgc].view(steps, bsz, gc, n, dgc)
+
+    def free(self):
+        self._bufs = {}
+
+    def per_channel(self, x, t0, t1, d0, d1, gc):
+        """(L, B, D) -> its (T, B, gc, 1, Dg) block (a view)."""
+        return x[t0:t1, :, d0:d1].unflatten(-1, (gc, (d1 - d0) // gc)).unsqueeze(3)
+
+    def per_state(self, x, t0, t1, g0, gc):
+        """(L, B, G, N) -> its (T, B, gc, N, 1) block (a view)."""
+        return x[t0:t1, :, g0:g0 + gc, :, None]
+
+    def per_channel_state(self, xT, d0, d1, gc):
+        """(N, D) -> (gc, N, Dg) for channels d0:d1 (a view)."""
+        return xT[:, d0:d1].unflatten(-1, (gc, (d1 - d0) // gc)).transpose(0, 1)
+
+    def decay(self, t0, t1, d0, d1, gc):
+        """exp(delta_t A) for steps t0:t1, channels d0:d1, in the `decay` buffer."""
+        dA = self.buffer("decay", t1 - t0, gc, (d1 - d0) // gc)
+        torch.mul(self.per_channel(self.d_t, t0, t1, d0, d1, gc),
+                  self.per_channel_state(self.A2T, d0, d1, gc), out=dA)
+        return dA.exp2_()
+
+    def states(self, t0, t1, d0, d1, g0, gc, dA, h_prev):
+        """States of steps t0:t1 in the `h` buffer, (T + 1, B, gc, N, Dg), row 0 = h_prev
+        (None: zeros, the start of the sequence)."""
+        h = self.buffer("h", t1 - t0 + 1, gc, (d1 - d0) // gc)
+        # Row 0 first: h_prev may be the last row of this very buffer (the previous block).
+        if h_prev is None:
+            h[0].zero_()
+        else:
+            h[0].copy_(h_prev)
+        # Every state starts as delta_t u_t B_t; the recurrence adds the decayed past in place.
+        torch.mul(self.per_channel(self.du_t, t0, t1, d0, d1, gc),
+                  self.per_state(self.Bs, t0, t1, g0, gc), out=h[1:])
+        hv, dv = h.unbind(0), dA.unbind(0)
+        for t in range(0 if h_prev is not None else 1, t1 - t0):
+            hv[t + 1].addcmul_(dv[t], hv[t])
+        return h
+
+    def contract(self, a, b, name, out):
+        """out (a strided (T, B, gc, 1, Dg) view) = a @ b, through a contiguous buffer (a
+        batched matmul into a strided `out` falls back to one small matmul per batch)."""
+        buf = self.buffer(name, out.shape[0], out.shape[2], out.shape[4], n=1)
+        out.copy_(torch.matmul(a, b, out=buf))
+
 
 def _to_steps(B_or_C: torch.Tensor) -> torch.Tensor:
     """(B, G, N, L) -> (L, B, G, 1, N): time-major so every step is a contiguous block."""
@@ -179,7 +324,10 @@ def _to_steps(B_or_C: torch.Tensor) -> torch.Tensor:
 
 
 def _states(u, delta, A, B, C) -> torch.Tensor:
-    """Every hidden state, time-major: h (L, B, D, N), for softplus'd delta and grouped B."""
+    """Every hidden state, time-major: h (L, B, D, N), for softplus'd delta and grouped B.
+
+    Materialises all of them (L*B*D*N elements); the scan itself and `scan_state_norms` do not.
+    """
     bsz, dim, length = u.shape
     n, groups = A.shape[1], B.shape[1]
     d_t = delta.permute(2, 0, 1)                         # (L, B, D)
@@ -189,8 +337,9 @@ def _states(u, delta, A, B, C) -> torch.Tensor:
     h = ((d_t * u.permute(2, 0, 1)).reshape(length, bsz, groups, dim // groups, 1) * Bs)
     h = h.reshape(length, bsz, dim, n)
     decay = torch.exp(d_t.unsqueeze(-1) * A)             # (L, B, D, N)
+    hv, dv = h.unbind(0), decay.unbind(0)
     for t in range(1, length):
-        h[t].addcmul_(decay[t], h[t - 1])
+        hv[t].addcmul_(dv[t], hv[t - 1])
     return h
 
 
@@ -199,77 +348,127 @@ def scan_state_norms(u, delta, A, B, C, delta_bias=None, delta_softplus=False) -
     """||h_t||_2 over the state dimension, (B, D, L), by the fast path (no graph kept).
 
     What the recorder's probes use; `selective_scan_ref(..., return_state_norms=True)` is its
-    reference and the tests hold the two together.
+    reference and the tests hold the two together. Blocked as the fast path: no (L, B, D, N)
+    buffer.
     """
     _check_inputs(u, delta, A, B, C, None, None, delta_bias)
     dtype = _compute_dtype(u)
     delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
-    h = _states(u.to(dtype), delta, A.to(dtype), _grouped(B).to(dtype), _grouped(C).to(dtype))
-    return h.norm(dim=-1).permute(1, 2, 0)
+    blk = _Blocks(_time_major(delta), _time_major(u.to(dtype)), A.to(dtype),
+                  _grouped(B).to(dtype), _grouped(C).to(dtype))
+    norms = torch.empty_like(blk.d_t)                    # (L, B, D)
+    for d0, d1, g0, gc in blk.chunks:
+        h_prev = None
+        for t0, t1 in blk.blocks:
+            h = blk.states(t0, t1, d0, d1, g0, gc, blk.decay(t0, t1, d0, d1, gc), h_prev)
+            torch.linalg.vector_norm(h[1:], dim=3, keepdim=True,
+                                     out=blk.per_channel(norms, t0, t1, d0, d1, gc))
+            h_prev = h[-1]
+    return _time_last(norms)
 
 
 class _ScanFn(torch.autograd.Function):
-    """y_ssm = C . h (no D term, no gate) for softplus'd delta; states kept time-major.
+    """y_ssm = C . h (no D term, no gate) for softplus'd delta; blocked, see `_plan`.
 
-    Layout: every (L, B, D, N) buffer is time-major, so the recurrences touch contiguous
-    (B, D, N) slices. The forward saves one such buffer (all states h); the backward recomputes
-    exp(delta A) rather than storing it.
+    The forward keeps no states: it saves the time-major delta and u and the state at every
+    time-block boundary (nothing when one block covers the sequence). The backward walks each
+    chunk's time blocks backwards, recomputing the block's exp(delta A) and states from its
+    boundary state, runs the reverse recurrence for dL/dh, and accumulates the block's
+    gradients.
     """
 
     @staticmethod
     def forward(ctx, u, delta, A, B, C):
         # u, delta (B, D, L); A (D, N); B, C (B, G, N, L); all in the compute dtype.
-        bsz, dim, length = u.shape
-        n, groups = A.shape[1], B.shape[1]
-        dg = dim // groups
-        h = _states(u, delta, A, B, C)                   # (L, B, D, N)
-        Cs = _to_steps(C)                                # (L, B, G, 1, N)
-        # y[l, b, d] = sum_n h[l, b, d, n] C[b, g(d), n, l], as a batched matmul (no LBDN temp).
-        y = torch.matmul(h.view(length, bsz, groups, dg, n), Cs.transpose(-1, -2))
-        y = y.view(length, bsz, dim).permute(1, 2, 0)    # (B, D, L)
-        ctx.save_for_backward(u, delta, A, B, C, h)
-        return y, h[-1]
+        blk = _Blocks(_time_major(delta), _time_major(u), A, B, C)
+        bsz, dim, n, groups, length = blk.shape
+        y_t = torch.empty_like(blk.d_t)                  # (L, B, D)
+        last_t = u.new_empty(bsz, n, dim)                # (B, N, D), handed back transposed
+        # The state entering every block but the first, chunk by chunk: chunk d0:d1 of block k
+        # is bounds[k - 1, B*N*d0 : B*N*d1] viewed as (B, gc, N, Dg).
+        bounds = u.new_empty(len(blk.blocks) - 1, bsz * dim * n)
+        for d0, d1, g0, gc in blk.chunks:
+            dgc = (d1 - d0) // gc
+            h_prev = None
+            for k, (t0, t1) in enumerate(blk.blocks):
+                h = blk.states(t0, t1, d0, d1, g0, gc, blk.decay(t0, t1, d0, d1, gc), h_prev)
+                # y[t, b, d] = sum_n C[t, b, g(d), n] h[t, b, d, n]
+                blk.contract(blk.per_state(blk.Cs, t0, t1, g0, gc).transpose(-1, -2), h[1:],
+                             "y", blk.per_channel(y_t, t0, t1, d0, d1, gc))
+                h_prev = h[-1]
+                if k + 1 < len(blk.blocks):
+                    bounds[k, bsz * n * d0:bsz * n * d1].view_as(h_prev).copy_(h_prev)
+            last_t[:, :, d0:d1].unflatten(-1, (gc, dgc)).copy_(h_prev.transpose(1, 2))
+        blk.free()
+        ctx.save_for_backward(bounds)
+        ctx.blk = blk
+        return _time_last(y_t), last_t.transpose(1, 2)
 
     @staticmethod
     def backward(ctx, gy, g_last):
-        u, delta, A, B, C, h = ctx.saved_tensors
-        bsz, dim, length = u.shape
-        n, groups = A.shape[1], B.shape[1]
-        dg = dim // groups
-        u_t = u.permute(2, 0, 1)                         # (L, B, D)
-        d_t = delta.permute(2, 0, 1)                     # (L, B, D)
-        Bs = _to_steps(B)                                # (L, B, G, 1, N)
-        Cs = _to_steps(C)                                # (L, B, G, 1, N)
-        gy_t = gy.permute(2, 0, 1).reshape(length, bsz, groups, 1, dg)   # (L, B, G, 1, Dg)
+        bounds, = ctx.saved_tensors
+        blk = ctx.blk
+        bsz, dim, n, groups, length = blk.shape
+        gy_t = _time_major(gy)                           # (L, B, D)
+        g_du = torch.empty_like(gy_t)                    # dL/d(delta_t u_t)
+        g_dd = torch.empty_like(gy_t)                    # dL/d delta_t through the decay
+        gAT = torch.zeros_like(blk.AT)                   # (N, D)
+        gB = torch.zeros_like(blk.Bs)                    # (L, B, G, N)
+        gC = torch.zeros_like(blk.Cs)
+        ones = gy_t.new_ones(1, max(t1 - t0 for t0, t1 in blk.blocks) * bsz)
+        for d0, d1, g0, gc in blk.chunks:
+            dgc = (d1 - d0) // gc
+            # dL/dh_t entering the block from step t1 (the last state's gradient at first)
+            carry = (g_last[:, d0:d1].unflatten(1, (gc, dgc)).transpose(-1, -2)
+                     if g_last is not None else None)
+            for k in range(len(blk.blocks) - 1, -1, -1):
+                t0, t1 = blk.blocks[k]
+                steps = t1 - t0
+                dA = blk.decay(t0, t1, d0, d1, gc)
+                h_prev = (bounds[k - 1, bsz * n * d0:bsz * n * d1].view(bsz, gc, n, dgc)
+                          if k > 0 else None)
+                h = blk.states(t0, t1, d0, d1, g0, gc, dA, h_prev)
+                d5 = blk.per_channel(blk.d_t, t0, t1, d0, d1, gc)          # (T, B, gc, 1, Dg)
+                du5 = blk.per_channel(blk.du_t, t0, t1, d0, d1, gc)
+                gy5 = blk.per_channel(gy_t, t0, t1, d0, d1, gc)
+                C5 = blk.per_state(blk.Cs, t0, t1, g0, gc)                 # (T, B, gc, N, 1)
+                B5 = blk.per_state(blk.Bs, t0, t1, g0, gc)
+                # dL/dh_t = C_t gy_t + exp(delta_{t+1} A) dL/dh_{t+1}   (reverse, in place)
+                gh = blk.buffer("gh", steps, gc, dgc)
+                torch.mul(gy5, C5, out=gh)
+                ghv, dv, hv = gh.unbind(0), dA.unbind(0), h.unbind(0)
+                if carry is not None:
+                    ghv[-1].add_(carry)
+                # Decay term, once exp(delta_{t+1} A) has served: x_{t+1} = dL/d(delta A) =
+                # dL/dh_{t+1} * h_t * exp(delta_{t+1} A), in place of the decay (rows of the
+                # block still in cache). Row 0 of h is h_prev (zeros in the first block).
+                for t in range(steps - 2, -1, -1):
+                    ghv[t].addcmul_(dv[t + 1], ghv[t + 1])
+                    dv[t + 1].mul_(hv[t + 1]).mul_(ghv[t + 1])
+                if k > 0:
+                    carry = torch.mul(dv[0], ghv[0], out=blk.buffer("carry", 1, gc, dgc)[0])
+                dv[0].mul_(hv[0]).mul_(ghv[0])
+                x = dA
 
-        # dL/dh_t = C_t gy_t + exp(delta_{t+1} A) dL/dh_{t+1}   (reverse recurrence, in place)
-        gh = (gy_t.transpose(-1, -2) * Cs).reshape(length, bsz, dim, n)  # (L, B, D, N)
-        if g_last is not None:
-            gh[-1] += g_last
-        decay = torch.exp(d_t.unsqueeze(-1) * A)         # (L, B, D, N)
-        for t in range(length - 2, -1, -1):
-            gh[t].addcmul_(decay[t + 1], gh[t + 1])
-
-        # C: dL/dC[b, g, n, l] = sum_{d in g} gy h
-        gC = torch.matmul(gy_t, h.view(length, bsz, groups, dg, n))      # (L, B, G, 1, N)
-        # Input term delta_t u_t B_t: dL/d(delta u) and dL/dB.
-        du_in = (d_t * u_t).reshape(length, bsz, groups, 1, dg)
-        gB = torch.matmul(du_in, gh.view(length, bsz, groups, dg, n))    # (L, B, G, 1, N)
-        g_du = torch.matmul(gh.view(length, bsz, groups, dg, n), Bs.transpose(-1, -2))
-        g_du = g_du.view(length, bsz, dim)               # dL/d(delta_t u_t)  (L, B, D)
-
-        # Decay term: dL/d(delta_t A) = dL/dh_t * h_{t-1} * exp(delta_t A), h_{-1} = 0.
-        # Reuse `decay` as the buffer.
-        decay[0].zero_()
-        decay[1:].mul_(h[:-1])
-        decay.mul_(gh)                                   # (L, B, D, N)
-        gA = torch.einsum("lbdn,lbd->dn", decay, d_t)
-        g_delta = torch.einsum("lbdn,dn->lbd", decay, A) + g_du * u_t
-        g_u = g_du * d_t
-
-        to_bdl = lambda t: t.permute(1, 2, 0)            # (L, B, D) -> (B, D, L)
-        to_bgnl = lambda t: t.squeeze(3).permute(1, 2, 3, 0)  # (L, B, G, 1, N) -> (B, G, N, L)
-        return to_bdl(g_u), to_bdl(g_delta), gA, to_bgnl(gB), to_bgnl(gC)
+                # C: dL/dC[t, b, g, n] = sum_{d in g} h gy;  B: sum_{d in g} dL/dh (delta u)
+                gC[t0:t1, :, g0:g0 + gc] += torch.matmul(h[1:], gy5.transpose(-1, -2)).squeeze(-1)
+                gB[t0:t1, :, g0:g0 + gc] += torch.matmul(gh, du5.transpose(-1, -2)).squeeze(-1)
+                # dL/d(delta_t u_t)[d] = sum_n B_t[n] dL/dh_t[d, n]
+                blk.contract(B5.transpose(-1, -2), gh, "g_du",
+                             blk.per_channel(g_du, t0, t1, d0, d1, gc))
+                # dL/d delta_t (decay term) = sum_n A x_t, dL/dA = sum_{t, b} delta_t x_t; the
+                # states are spent: h's buffer holds A x.
+                AT = blk.per_channel_state(blk.AT, d0, d1, gc)               # (gc, N, Dg)
+                torch.sum(torch.mul(x, AT, out=h[1:]), dim=3, keepdim=True,
+                          out=blk.per_channel(g_dd, t0, t1, d0, d1, gc))
+                rows = x.mul_(d5).view(steps * bsz, -1)
+                blk.per_channel_state(gAT, d0, d1, gc).add_(
+                    torch.mm(ones[:, : rows.shape[0]], rows).view(gc, n, dgc))
+        blk.free()
+        # delta_t u_t: dL/du = delta dL/d(du); dL/d delta = (decay term) + u dL/d(du)
+        g_u = _time_last(g_du * blk.d_t)
+        g_delta = _time_last(g_dd.addcmul_(g_du, blk.u_t))
+        return g_u, g_delta, gAT.t(), _time_last(gB), _time_last(gC)
 
 
 def _scan_fast(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state):

@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+import models.scan as scan
 from models.scan import resolve_backend, scan_state_norms, selective_scan_fn, selective_scan_ref
 
 TOL = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -45,6 +46,86 @@ def test_fast_matches_reference(dtype, groups, softplus, optional):
     torch.testing.assert_close(last_f, last_r, **TOL[dtype])
     for name, a, b in zip(leaves, g_f, g_r):
         torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"grad of {name}: {m}")
+
+
+# Block plans of the fast path (bsz=2, n=3: 6 elements per channel and step), each with its
+# inputs: (step elements, block elements, groups, dim, length).
+BLOCKINGS = {
+    # chunks inside groups of 5 channels, 2 wanted -> 1 + 2 + 2 (not dividing the group); the
+    # group boundary is a chunk boundary; 4 uneven time blocks (2, 3, 3, 3)
+    "split-groups": (12, 36, 2, 10, 11),
+    # chunks of whole groups: 3 groups of 2 channels, 2 groups per chunk -> (2 groups, 1 group)
+    "whole-groups": (24, 96, 3, 6, 11),
+    # B, C (B, N, L): 7 channels in chunks 2 + 2 + 3; one step per block
+    "ungrouped-single-steps": (18, 1, None, 7, 6),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("blocking", list(BLOCKINGS))
+def test_fast_blocked_matches_reference(dtype, blocking, monkeypatch):
+    step, block, groups, dim, length = BLOCKINGS[blocking]
+    monkeypatch.setattr(scan, "_STEP_ELEMS", step)
+    monkeypatch.setattr(scan, "_BLOCK_ELEMS", block)
+    chunks, blocks = scan._plan(2, dim, 3, groups or 1, length)
+    assert len(chunks) > 1 and (len(blocks) > 1)
+    x = _inputs(dtype, groups, dim=dim, length=length, seed=3)
+    leaves = {k: v.requires_grad_() for k, v in x.items()}
+    weights = torch.linspace(-1, 1, length, dtype=dtype)
+    results = {}
+    for backend in ("reference", "fast"):
+        y, last = selective_scan_fn(**x, delta_softplus=True, return_last_state=True,
+                                    backend=backend)
+        loss = (y * weights).sum() + (last ** 2).sum()
+        results[backend] = (y, last, torch.autograd.grad(loss, list(leaves.values())))
+    (y_r, last_r, g_r), (y_f, last_f, g_f) = results["reference"], results["fast"]
+    torch.testing.assert_close(y_f, y_r, **TOL[dtype])
+    torch.testing.assert_close(last_f, last_r, **TOL[dtype])
+    for name, a, b in zip(leaves, g_f, g_r):
+        torch.testing.assert_close(a, b, **TOL[dtype], msg=lambda m: f"grad of {name}: {m}")
+    # The state norms take the same blocks.
+    _, norms_r = selective_scan_ref(**x, delta_softplus=True, return_state_norms=True)
+    norms_f = scan_state_norms(x["u"], x["delta"], x["A"], x["B"], x["C"],
+                               delta_bias=x["delta_bias"], delta_softplus=True)
+    torch.testing.assert_close(norms_f, norms_r.to(dtype), **TOL[dtype])
+
+
+@pytest.mark.parametrize("blocking", list(BLOCKINGS))
+def test_fast_blocked_gradcheck(blocking, monkeypatch):
+    step, block, groups, dim, length = BLOCKINGS[blocking]
+    monkeypatch.setattr(scan, "_STEP_ELEMS", step)
+    monkeypatch.setattr(scan, "_BLOCK_ELEMS", block)
+    x = _inputs(torch.float64, groups, dim=dim, length=length, seed=4)
+    x.update(D=None, z=None)
+    names = list(x)
+    args = tuple(x[k].requires_grad_() if x[k] is not None else None for k in names)
+    fn = lambda *a: selective_scan_fn(**dict(zip(names, a)), delta_softplus=True,
+                                      return_last_state=True, backend="fast")
+    assert torch.autograd.gradcheck(fn, args)
+
+
+@pytest.mark.parametrize("bsz, dim, n, groups, length", [
+    (2, 10, 3, 2, 11), (2, 6, 3, 3, 11), (2, 7, 3, 1, 6), (16, 768, 16, 4, 32),
+    (32, 384, 16, 1, 256), (1, 12, 4, 12, 5),
+])
+@pytest.mark.parametrize("step, block", [(1, 1), (12, 36), (24, 96), (65536, 1 << 20)])
+def test_plan_covers_channels_and_steps_once(bsz, dim, n, groups, length, step, block,
+                                              monkeypatch):
+    monkeypatch.setattr(scan, "_STEP_ELEMS", step)
+    monkeypatch.setattr(scan, "_BLOCK_ELEMS", block)
+    chunks, blocks = scan._plan(bsz, dim, n, groups, length)
+    dg = dim // groups
+    assert [c[0] for c in chunks[1:]] == [c[1] for c in chunks[:-1]]
+    assert chunks[0][0] == 0 and chunks[-1][1] == dim
+    for d0, d1, g0, gc in chunks:
+        assert d1 > d0 and (d1 - d0) % gc == 0
+        if gc == 1:   # inside group g0
+            assert g0 * dg <= d0 and d1 <= (g0 + 1) * dg
+        else:         # whole groups g0 .. g0 + gc - 1
+            assert (d0, d1) == (g0 * dg, (g0 + gc) * dg)
+    assert blocks[0][0] == 0 and blocks[-1][1] == length
+    assert all(t1 > t0 for t0, t1 in blocks)
+    assert [b[0] for b in blocks[1:]] == [b[1] for b in blocks[:-1]]
 
 
 def test_fast_gradcheck_fp64():
