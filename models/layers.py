@@ -204,8 +204,23 @@ class Backbone(nn.Module):
     num_prefix_tokens: int = 0
     blocks: nn.ModuleList
 
+    # The default surface of a plain token model: `_embed` (images -> tokens (B, T, C)), the
+    # blocks in order, the final `norm`. Backbones with another layout (SS2D's grid, Vim's
+    # fp32 residual stream) override these.
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:   # (B, T, C)
-        raise NotImplementedError
+        x = self._embed(x)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(features (B, C), [output of each block (B, T, C), before the final norm])."""
+        x = self._embed(x)
+        intermediates = []
+        for blk in self.blocks:
+            x = blk(x)
+            intermediates.append(x)
+        return self.forward_head(self.norm(x)), intermediates
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:       # (B, C)
         raise NotImplementedError

@@ -144,23 +144,8 @@ class SimplifiedMamba(Backbone):
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
         return self.pos_drop(self.patch_embed(x).flatten(1, 2) + self.pos_embed)   # (B, T, C)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._embed(x)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)                              # (B, T, C)
-
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=1)                             # mean over tokens after the final norm
-
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(features (B, C), [output of each block (B, T, C), before the final norm])."""
-        x = self._embed(x)
-        intermediates = []
-        for blk in self.blocks:
-            x = blk(x)
-            intermediates.append(x)
-        return self.forward_head(self.norm(x)), intermediates
 
 
 @register_model("MAMBA-S")

@@ -142,23 +142,8 @@ class VisionTransformer(Backbone):
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         return self.pos_drop(x + self.pos_embed)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._embed(x)
-        for blk in self.blocks:
-            x = blk(x)
-        return self.norm(x)                              # (B, 1 + T, C)
-
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return x[:, 0]                                   # cls token after the final norm
-
-    def forward_intermediates(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """(features (B, C), [output of each block (B, 1 + T, C), before the final norm])."""
-        x = self._embed(x)
-        intermediates = []
-        for blk in self.blocks:
-            x = blk(x)
-            intermediates.append(x)
-        return self.forward_head(self.norm(x)), intermediates
 
 
 @register_model("VIT-S")
