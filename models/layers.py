@@ -204,6 +204,18 @@ class Backbone(nn.Module):
     num_prefix_tokens: int = 0
     blocks: nn.ModuleList
 
+    def _init_stem(self, img_size, patch_size: int, in_chans: int, embed_dim: int, depth: int,
+                   **patch_kwargs) -> None:
+        """What every backbone sets up first: the patch embedding and the attributes that
+        describe it (`img_size`, `patch_size`, `grid_size`, `num_features`)."""
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, **patch_kwargs)
+        self.img_size = self.patch_embed.img_size
+        self.patch_size = patch_size
+        self.grid_size = self.patch_embed.grid_size
+        self.num_features = self.embed_dim = embed_dim
+
     # The default surface of a plain token model: `_embed` (images -> tokens (B, T, C)), the
     # blocks in order, the final `norm`. Backbones with another layout (SS2D's grid, Vim's
     # fp32 residual stream) override these.

@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import (Backbone, CapturingAttention, DropPath, PatchEmbed, drop_path_rates,
+from models.layers import (Backbone, CapturingAttention, DropPath, drop_path_rates,
                            init_weights_trunc_normal, mark, register_model)
 
 __all__ = ["SimplifiedMambaMixer", "SimplifiedMambaBlock", "SimplifiedMamba",
@@ -117,13 +117,7 @@ class SimplifiedMamba(Backbone):
                  num_heads: int = 1, drop_rate: float = 0.0, drop_path_rate: float = 0.0,
                  norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.img_size = self.patch_embed.img_size
-        self.patch_size = patch_size
-        self.grid_size = self.patch_embed.grid_size
-        self.num_features = self.embed_dim = embed_dim
+        self._init_stem(img_size, patch_size, in_chans, embed_dim, depth)
         self.num_prefix_tokens = 0
 
         self.pos_embed = mark(nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim)),

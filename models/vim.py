@@ -71,7 +71,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import Backbone, DropPath, PatchEmbed, drop_path_rates, mark, register_model
+from models.layers import Backbone, DropPath, drop_path_rates, mark, register_model
 from models.scan import BACKENDS, selective_scan_fn
 
 __all__ = ["DIRECTIONS", "scan_orders", "inverse_softplus", "dt_bias_init", "bimamba_v2_scan_inputs", "BiMamba",
@@ -328,13 +328,7 @@ class Vim(Backbone):
                  scan_backend: str = "auto",
                  norm_layer: Callable[[int], nn.Module] = nn.RMSNorm):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.img_size = self.patch_embed.img_size
-        self.patch_size = patch_size
-        self.grid_size = self.patch_embed.grid_size
-        self.num_features = self.embed_dim = embed_dim
+        self._init_stem(img_size, patch_size, in_chans, embed_dim, depth)
         self.num_prefix_tokens = 1
         num_patches = self.patch_embed.num_patches
         # Token layout: patches 0:cls_index, the cls token, patches cls_index: (row-major).

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from models.layers import (Backbone, CapturingAttention, DropPath, Mlp, PatchEmbed,
+from models.layers import (Backbone, CapturingAttention, DropPath, Mlp,
                            drop_path_rates, init_weights_trunc_normal, mark, register_model)
 
 __all__ = ["Attention", "Block", "VisionTransformer", "vit_small", "vit_tiny"]
@@ -111,13 +111,7 @@ class VisionTransformer(Backbone):
                  norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
                  act_layer: Callable[[], nn.Module] = nn.GELU):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim)
-        self.img_size = self.patch_embed.img_size
-        self.patch_size = patch_size
-        self.grid_size = self.patch_embed.grid_size
-        self.num_features = self.embed_dim = embed_dim
+        self._init_stem(img_size, patch_size, in_chans, embed_dim, depth)
         self.num_prefix_tokens = 1
 
         self.cls_token = mark(nn.Parameter(torch.zeros(1, 1, embed_dim)), no_weight_decay=True)

@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.layers import (Backbone, DropPath, Mlp, PatchEmbed, drop_path_rates,
+from models.layers import (Backbone, DropPath, Mlp, drop_path_rates,
                            init_weights_trunc_normal, mark, register_model)
 from models.scan import BACKENDS, selective_scan_fn
 
@@ -307,14 +307,8 @@ class VMamba(Backbone):
                  drop_path_rate: float = 0.0, scan_backend: str = "auto",
                  norm_layer: Callable[[int], nn.Module] = nn.LayerNorm):
         super().__init__()
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
         # VMamba's stem ends with a LayerNorm.
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, norm_layer=norm_layer)
-        self.img_size = self.patch_embed.img_size
-        self.patch_size = patch_size
-        self.grid_size = self.patch_embed.grid_size
-        self.num_features = self.embed_dim = embed_dim
+        self._init_stem(img_size, patch_size, in_chans, embed_dim, depth, norm_layer=norm_layer)
         self.num_prefix_tokens = 0
 
         ssm_kwargs = dict(d_state=d_state, expand=expand, d_conv=d_conv, dt_rank=dt_rank,
