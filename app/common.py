@@ -817,3 +817,128 @@ def finding_details(row: pd.Series) -> None:
         if page in PAGE_FILES:
             st.page_link(PAGE_FILES[page], label=f"See it: {row['shown in']}",
                          icon=":material/insert_chart:")
+
+
+# ------------------------------------------------------------------------------------------
+# Remedies: `diagnose sweep` folders
+# ------------------------------------------------------------------------------------------
+
+MAKE_SWEEP = ("diagnose sweep --backbone MAMBA-V2-T --runs-dir runs/sweep --budget-steps 120 "
+              "--seeds 2 --jobs 2")
+
+
+def discover_sweeps(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Every folder written by `diagnose sweep` (it holds ``sweep.json``) at or under ``root``,
+    ``max_depth`` folders deep (hidden folders and run folders skipped)."""
+    from diagnostics.sweep import is_sweep
+
+    found: list[Path] = []
+
+    def walk(folder: Path, depth: int) -> None:
+        if is_sweep(folder):
+            found.append(folder)
+            return                       # a sweep's sub-folders are its runs
+        if depth >= max_depth or (folder / MANIFEST_NAME).exists():
+            return
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            try:
+                if e.is_dir(follow_symlinks=False) and not e.name.startswith("."):
+                    walk(Path(e.path), depth + 1)
+            except OSError:
+                continue
+
+    walk(Path(root), 0)
+    return found
+
+
+def _sweep_key(path: Path) -> tuple:
+    """The cache key of a sweep's current state: its plan's stats and each run's signature
+    (a run still training changes it on every flush)."""
+    plan = path / "sweep.json"
+    try:
+        st_ = os.stat(plan)
+        head: tuple = (st_.st_mtime_ns, st_.st_size)
+        names = [r for v in json.loads(plan.read_text(encoding="utf-8")).get("variants", [])
+                 for r in v.get("runs", []) if isinstance(r, str)]
+    except (OSError, ValueError, AttributeError):
+        return (None,)
+    sigs = []
+    for name in names:
+        try:
+            sigs.append(run_signature(path / name))
+        except (RunFormatError, OSError, ValueError):
+            sigs.append(None)
+    return head, tuple(sigs)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Reading the sweep's runs…")
+def _sweep(path: str, key: tuple):
+    from diagnostics.sweep import load_sweep
+    try:
+        return load_sweep(path), None
+    except RunFormatError as e:
+        return None, str(e)
+
+
+def sweep_of(path: Path):
+    """(SweepResult, None) or (None, one-line error); cached until a run of it changes. The
+    result is shared between sessions: read it, never change it."""
+    return _sweep(str(path), _sweep_key(Path(path)))
+
+
+def ranking_table(rank: pd.DataFrame) -> pd.DataFrame:
+    """The ranking as the terminal prints it: mean ± std strings, effects, findings."""
+    from diagnostics.sweep import _pm, _reached
+
+    rows = []
+    for r in rank.to_dict("records"):
+        d = r["delta_mAP"]
+        rows.append({
+            "#": r["rank"], "variant": r["variant"], "what it changes": r["changes"],
+            "score": r["score"],
+            "verdict": "reference" if r["variant"] == "baseline" else r["verdict"],
+            "mAP %": _pm(r["mAP_mean"], r["mAP_std"], ".1f"),
+            "Δ mAP": d if pd.notna(d) else None,
+            "Rank-1 %": _pm(r["rank1_mean"], r["rank1_std"], ".1f"),
+            "final loss": _pm(r["final_loss_mean"], r["final_loss_std"], ".3g"),
+            "steps to loss ≤ baseline's": _reached(r),
+            "grad-norm CV": _pm(r["grad_cv_mean"], r["grad_cv_std"], ".2f"),
+            "findings gone": r["findings_gone"], "findings new": r["findings_new"],
+            "runs": r["statuses"]})
+    return pd.DataFrame(rows)
+
+
+RANKING_COLUMNS = {
+    "score": st.column_config.NumberColumn(
+        format="%+.2f", help="Mean effect against the baseline over mAP, final loss and "
+                             "grad-norm CV, each in units of its seed-to-seed std (±3 at most)"),
+    "verdict": st.column_config.TextColumn(
+        help="The metrics whose difference from the baseline exceeds 2 standard errors"),
+    "Δ mAP": st.column_config.NumberColumn(format="%+.1f"),
+}
+
+
+def ssm_effects_table(sweep) -> pd.DataFrame:
+    """:func:`diagnostics.sweep.ssm_effects` with the figures' titles (|A·dt| positive)."""
+    from diagnostics.sweep import ssm_effects
+
+    eff = ssm_effects(sweep.runs)
+    out = pd.DataFrame({"variant": eff["variant"]}) if len(eff) else pd.DataFrame()
+    for col, title, _, negate in figures.REMEDY_SSM:
+        if col in eff:
+            out[title] = 0.0 - eff[col] if negate else eff[col]
+    return out
+
+
+def sweep_runs_table(sweep) -> pd.DataFrame:
+    runs = sweep.runs
+    out = runs[["variant", "seed", "status", "steps", "mAP", "final_loss", "grad_cv",
+                "error"]].copy()
+    out.insert(2, "run", runs["run"].map(lambda p: Path(str(p)).name))
+    out["findings"] = runs["findings"].map(lambda fs: ", ".join(fs) if isinstance(fs, list)
+                                           else "")
+    return out

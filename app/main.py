@@ -27,6 +27,8 @@ PAGES = [
     st.Page("views/maps.py", title="Scan paths vs attention", icon=":material/grid_on:",
             url_path="maps"),
     st.Page("views/findings.py", title="Findings", icon=":material/flag:", url_path="findings"),
+    st.Page("views/remedies.py", title="Remedies", icon=":material/healing:",
+            url_path="remedies"),
 ]
 
 page = st.navigation(PAGES)

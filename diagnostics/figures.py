@@ -12,6 +12,9 @@ when none of the runs recorded them, so callers just skip it.
     for spec in figures.FIGURES.values():                 # in the report's reading order
         if spec.available(runs): fig = spec(runs)
 
+The Remedies view of a `diagnose sweep` has its own figures, :data:`REMEDY_FIGURES`, which take
+the sweep (:func:`diagnostics.sweep.load_sweep`) instead of runs: ``fig = spec(sweep)``.
+
 Every string that comes from a run (names, module names) is escaped for plotly's text renderer
 (``&``, ``<``, ``>``), so a run named ``<script>`` is shown as text wherever the figure goes.
 """
@@ -34,7 +37,7 @@ from diagnostics.analyzers import (ERASED_DECAY, FRAC_ERASED_WARN, FRAC_FROZEN_W
                                    UPDATE_RATIO_WARN)
 
 __all__ = ["FIGURES", "SECTIONS", "FigureSpec", "available_figures", "run_labels", "plot_text",
-           "RUN_COLORS"]
+           "RUN_COLORS", "REMEDY_FIGURES", "RemedyFigure", "variant_colors"]
 
 RUN_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2",
               "#17becf")
@@ -660,3 +663,247 @@ def attention_stats(entries: list[_Entry]) -> go.Figure:
                                    "%{y:.3g}<extra></extra>")), row=1, col=j)
     fig.update_xaxes(title_text="step")
     return _layout(fig, height=400)
+
+
+# ------------------------------------------------------------------------------------------
+# Remedies: one `diagnose sweep` (diagnostics.sweep.SweepResult), its variants overlaid
+# ------------------------------------------------------------------------------------------
+# These take a sweep, not runs: anything with ``.loaded`` (variant -> runs by seed, baseline
+# first), ``.runs`` (one row per run: sweep.RUN_COLUMNS) and ``.ranking`` (best first). Each
+# variant keeps one colour in every figure (the baseline dark grey); its seeds are lines of that
+# colour, the first solid, the others thinner, so that seed-to-seed spread is seen beside the
+# differences between variants.
+
+BASELINE_COLOR = "#343a40"
+VARIANT_COLORS = RUN_COLORS + ("#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939", "#843c39")
+
+
+@dataclass(frozen=True)
+class RemedyFigure:
+    """A figure of the Remedies view: key, title, how to read it, and ``fn(sweep)``."""
+    key: str
+    title: str
+    description: str
+    fn: Callable[[Any], go.Figure | None]
+
+    def __call__(self, sweep) -> go.Figure | None:
+        return self.fn(sweep)
+
+
+REMEDY_FIGURES: dict[str, RemedyFigure] = {}
+"""The Remedies view's figures, by key, in reading order (report and app alike)."""
+
+
+def _remedy_figure(key: str, title: str, description: str):
+    def deco(fn):
+        REMEDY_FIGURES[key] = RemedyFigure(key, title, description, fn)
+        return fn
+    return deco
+
+
+def _variant_order(sweep) -> list[str]:
+    """Best first (the ranking's order), then variants the ranking does not know."""
+    ranked = [str(v) for v in sweep.ranking["variant"]] if len(sweep.ranking) else []
+    return ranked + [v for v in sweep.loaded if v not in ranked]
+
+
+def variant_colors(sweep) -> dict[str, str]:
+    """variant -> colour, stable for a sweep: the baseline dark grey, the others in plan order."""
+    out, i = {}, 0
+    for v in list(sweep.loaded) + [str(x) for x in sweep.ranking["variant"]]:
+        if v in out:
+            continue
+        if v == "baseline":
+            out[v] = BASELINE_COLOR
+        else:
+            out[v] = VARIANT_COLORS[i % len(VARIANT_COLORS)]
+            i += 1
+    return out
+
+
+def _smooth(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Finite points, rolling median over ~1/25 of them (at least 3): the trend, not the noise."""
+    ok = np.isfinite(y)
+    x, y = x[ok], y[ok]
+    window = max(3, len(y) // 25)
+    return x, pd.Series(y).rolling(window, min_periods=1, center=True).median().to_numpy()
+
+
+def _ssm_median(run, column: str, negate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(probe steps, median over layers and directions of ``column``) of one run."""
+    S = getattr(run, "ssm", None)
+    if S is None or column not in S or not S[column].notna().any():
+        return np.array([]), np.array([])
+    df = pd.DataFrame({"step": _num(S["step"]), "v": _num(S[column])})
+    df = df[np.isfinite(df["v"])]
+    g = df.groupby("step")["v"].median()
+    v = g.to_numpy()
+    return g.index.to_numpy(), (-v if negate else v)
+
+
+def _seed_lines(fig, sweep, rows: Sequence[tuple[Callable, str]], *, colors) -> set[int]:
+    """For every variant and seed, one line per row: ``rows`` are (series(run) -> (x, y),
+    label). Returns the rows that got a line."""
+    used: set[int] = set()
+    for variant in _variant_order(sweep):
+        label = plot_text(variant)
+        for k, run in enumerate(sweep.loaded.get(variant, [])):
+            seed = (run.manifest.get("config") or {}).get("seed", k)
+            for i, (series, what) in enumerate(rows, start=1):
+                x, y = series(run)
+                if not len(x):
+                    continue
+                used.add(i)
+                fig.add_trace(go.Scatter(
+                    x=x, y=_pos(y) if what.endswith("(log)") else y, mode="lines",
+                    name=label, legendgroup=label, showlegend=(k == 0 and i == min(used)),
+                    line=dict(color=colors[variant], width=2 if k == 0 else 1),
+                    opacity=1 if k == 0 else 0.55,
+                    hovertemplate=(f"{label} · seed {plot_text(seed)}<br>step %{{x}}<br>"
+                                   f"{what.removesuffix(' (log)')} %{{y:.4g}}<extra></extra>")),
+                    row=i, col=1)
+    return used
+
+
+@_remedy_figure(
+    "remedy_curves", "Training curves of every variant, overlaid",
+    "Loss and gradient norm per step (rolling median over ~1/25 of the run, log scale) and mAP "
+    "at each evaluation, one colour per variant; the first seed solid, the others thin. Runs of "
+    "different batch sizes see different numbers of images per step.")
+def remedy_curves(sweep) -> go.Figure | None:
+    def steps(col):
+        def series(run):
+            st = run.steps
+            if col not in st or not st[col].notna().any():
+                return np.array([]), np.array([])
+            return _smooth(_num(st["step"]), _num(st[col]))
+        return series
+
+    def evals(run):
+        ev = run.eval
+        if "mAP" not in ev or not ev["mAP"].notna().any():
+            return np.array([]), np.array([])
+        ok = np.isfinite(_num(ev["mAP"]))
+        return _num(ev["step"])[ok], _num(ev["mAP"])[ok]
+
+    rows = [(steps("loss"), "loss (log)"), (steps("grad_norm"), "grad norm (log)"),
+            (evals, "mAP (%)")]
+    if not any(sweep.loaded.values()):
+        return None
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        subplot_titles=[w.removesuffix(" (log)") for _, w in rows])
+    used = _seed_lines(fig, sweep, rows, colors=variant_colors(sweep))
+    if not used:
+        return None
+    fig.update_yaxes(type="log", row=1, col=1)
+    fig.update_yaxes(type="log", row=2, col=1)
+    fig.update_xaxes(title_text="step", row=3, col=1)
+    return _layout(fig, height=760)
+
+
+#: The SSM statistics the Remedies view shows: (runs column, title, log axis, negate).
+REMEDY_SSM = (("dt_p50", "dt median", True, False),
+              ("adt_p50", "|A·dt| median", True, True),
+              ("frac_erased", "erased: exp(A·dt) < 0.01", False, False),
+              ("frac_frozen", "frozen: exp(A·dt) > 0.99", False, False),
+              ("state_norm_max", "max state norm", True, False),
+              ("alog_std", "A_log std", False, False))
+
+
+def _strips(sweep, columns: Sequence[tuple[str, str, bool, bool]], ncols: int) -> go.Figure | None:
+    """Small multiples, one per column: a row per variant (best at the top), a dot per run,
+    a bar at the variant's mean, the baseline's mean as a dashed line."""
+    runs = sweep.runs
+    cols = [c for c in columns if c[0] in runs and np.isfinite(_num(runs[c[0]])).any()]
+    if not cols:
+        return None
+    order = _variant_order(sweep)
+    colors = variant_colors(sweep)
+    nrows = math.ceil(len(cols) / ncols)
+    fig = make_subplots(rows=nrows, cols=ncols, shared_yaxes=True, horizontal_spacing=0.04,
+                        vertical_spacing=0.12 if nrows > 1 else 0.05,
+                        subplot_titles=[c[1] for c in cols])
+    labels = [plot_text(v) for v in order]
+    variant = runs["variant"].astype(str).to_numpy()
+    for n, (col, title, log, negate) in enumerate(cols):
+        r, c = n // ncols + 1, n % ncols + 1
+        v = _num(runs[col])
+        v = 0.0 - v if negate else v
+        # log axes show positive values only (a diverged run's 0 would stretch the axis to the
+        # floor and hide the differences); the table beside the figure has every value
+        shown = np.isfinite(v) & ((v > 0) if log else True)
+        for name, lab in zip(order, labels):
+            mine = v[(variant == name) & shown]
+            if not len(mine):
+                continue
+            seeds = runs["seed"][(variant == name) & shown].to_numpy()
+            fig.add_trace(go.Scatter(
+                x=mine, y=[lab] * len(mine), mode="markers",
+                marker=dict(color=colors[name], size=8, line=dict(width=1, color="white")),
+                name=lab, legendgroup=lab, showlegend=False, customdata=seeds,
+                hovertemplate=(f"{lab} · seed %{{customdata}}<br>{title} %{{x:.4g}}"
+                               "<extra></extra>")), row=r, col=c)
+            m = float(np.exp(np.log(mine).mean()) if log else mine.mean())
+            fig.add_trace(go.Scatter(
+                x=[m], y=[lab], mode="markers",
+                marker=dict(symbol="line-ns", size=18, line=dict(width=3, color=colors[name])),
+                showlegend=False, legendgroup=lab, hovertemplate=(
+                    f"{lab}<br>{'geometric ' if log else ''}mean {title} %{{x:.4g}} over "
+                    f"{len(mine)} run(s)<extra></extra>")),
+                row=r, col=c)
+            if name == "baseline":
+                sp = fig.get_subplot(r, c)
+                fig.add_shape(type="line", x0=m, x1=m, y0=0, y1=1,
+                              xref=sp.xaxis.plotly_name.replace("axis", ""),
+                              yref=f"{sp.yaxis.plotly_name.replace('axis', '')} domain",
+                              line=dict(color=BASELINE_COLOR, dash="dash", width=1))
+        if log:
+            fig.update_xaxes(type="log", row=r, col=c)
+    fig.update_yaxes(categoryorder="array", categoryarray=labels[::-1], type="category")
+    return _layout(fig, height=110 + nrows * (60 + 26 * len(order)))
+
+
+@_remedy_figure(
+    "remedy_outcomes", "Outcome per variant, run by run",
+    "Each dot is one run (one seed), the bar the variant's mean, the dashed line the "
+    "baseline's mean: a difference smaller than the spread of the dots is noise. Final loss is "
+    "the median over the last tenth of the steps; grad-norm CV is std/mean of the gradient "
+    "norm after warm-up (lower is steadier).")
+def remedy_outcomes(sweep) -> go.Figure | None:
+    return _strips(sweep, (("mAP", "final mAP (%)", False, False),
+                           ("final_loss", "final loss", False, False),
+                           ("grad_cv", "grad-norm CV", False, False),
+                           ("steps_to_threshold", "steps to the baseline's final loss", False,
+                            False)), ncols=4)
+
+
+@_remedy_figure(
+    "remedy_ssm", "What each remedy did to the selective scan (last probe)",
+    "The SSM statistics of each run's last probe, median over layers and scan directions: the "
+    "step size dt, the decay exponent |A·dt|, the fractions of decays that erase (< 0.01) or "
+    "freeze (> 0.99) the state per token, the largest hidden-state norm and the spread of "
+    "A_log. Dots are runs, bars means (geometric on log axes, which leave out zeros), the "
+    "dashed line the baseline.")
+def remedy_ssm(sweep) -> go.Figure | None:
+    return _strips(sweep, REMEDY_SSM, ncols=3)
+
+
+@_remedy_figure(
+    "remedy_ssm_curves", "SSM statistics over training, every variant overlaid",
+    "dt median, |A·dt| median and the largest hidden-state norm at each probe step (median over "
+    "layers and directions, log scale), one colour per variant, the first seed solid.")
+def remedy_ssm_curves(sweep) -> go.Figure | None:
+    rows = [(lambda run: _ssm_median(run, "dt_p50"), "dt median (log)"),
+            (lambda run: _ssm_median(run, "adt_p50", negate=True), "|A·dt| median (log)"),
+            (lambda run: _ssm_median(run, "state_norm_max"), "max state norm (log)")]
+    if not any(sweep.loaded.values()):
+        return None
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        subplot_titles=[w.removesuffix(" (log)") for _, w in rows])
+    used = _seed_lines(fig, sweep, rows, colors=variant_colors(sweep))
+    if not used:
+        return None
+    for i in (1, 2, 3):
+        fig.update_yaxes(type="log", row=i, col=1)
+    fig.update_xaxes(title_text="step", row=3, col=1)
+    return _layout(fig, height=760)

@@ -34,7 +34,8 @@ from diagnostics.analyzers import (CODES, SEVERITIES, Comparison, Finding, _dir_
 from diagnostics.runfmt import Run, load_run
 
 __all__ = ["Analysis", "analyse_runs", "load_runs", "render_html", "write_report",
-           "default_report_path", "json_payload", "diagnose_runs", "REPORTS_DIR"]
+           "default_report_path", "json_payload", "diagnose_runs", "REPORTS_DIR",
+           "render_sweep_html", "write_sweep_report", "diagnose_sweep"]
 
 REPORTS_DIR = Path("reports")
 JSON_SCHEMA = 1
@@ -170,6 +171,7 @@ table { border-collapse: collapse; margin: 8px 0; }
 th, td { border: 1px solid var(--line); padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: var(--bg); font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.nw { white-space: nowrap; }
 table.findings td { max-width: 420px; }
 table.summary th:first-child { min-width: 150px; }
 .sev, .verdict { display: inline-block; padding: 1px 7px; border-radius: 10px; color: #fff;
@@ -417,6 +419,222 @@ def write_report(a: Analysis, path: str | Path) -> Path:
 
 
 # ------------------------------------------------------------------------------------------
+# Remedies: the report of a `diagnose sweep` folder
+# ------------------------------------------------------------------------------------------
+
+def _verdict_class(verdict: str) -> str:
+    if verdict == "fails" or verdict.startswith("worse"):
+        return "bad"
+    if verdict.startswith("better") and "worse" not in verdict:
+        return "ok"
+    return "na"
+
+
+def _pm_html(mean: Any, std: Any, fmt: str) -> str:
+    from diagnostics.sweep import _pm
+    return e(_pm(mean, std, fmt))
+
+
+def _ranking_html(rank) -> str:
+    """The ranking as a table: one row per variant, best first (every cell escaped)."""
+    from diagnostics.sweep import EFFECT_SE, _reached
+    if not len(rank):
+        return "<p>No variant to rank.</p>"
+    thr = rank["loss_threshold"].iloc[0]
+    head = ("<tr><th>#</th><th>variant</th><th>what it changes</th><th>score</th>"
+            "<th>verdict</th><th>mAP % (Δ ± se)</th><th>Rank-1 %</th><th>final loss</th>"
+            f"<th>steps to loss ≤ {_num(thr, 3)}</th><th>grad-norm CV</th>"
+            "<th>findings gone</th><th>findings new</th><th>runs</th></tr>")
+    rows = []
+    for r in rank.to_dict("records"):
+        d, se = r["delta_mAP"], r["delta_mAP_se"]
+        delta = "" if not math.isfinite(d) else (
+            f" ({d:+.1f}" + (f" ± {se:.1f}" if math.isfinite(se) else "") + ")")
+        verdict = "reference" if r["variant"] == "baseline" else r["verdict"]
+        score = "—" if not math.isfinite(r["score"]) else f"{r['score']:+.2f}"
+        rows.append(
+            f'<tr id="variant-{r["rank"]}"><td class="num nw">{r["rank"]}</td>'
+            f"<td><b>{e(r['variant'])}</b></td><td>{e(r['changes'] or '—')}</td>"
+            f'<td class="num nw">{score}</td>'
+            f'<td><span class="verdict v-{_verdict_class(verdict)}">{e(verdict)}</span></td>'
+            f'<td class="num nw">{_pm_html(r["mAP_mean"], r["mAP_std"], ".1f")}{e(delta)}</td>'
+            f'<td class="num nw">{_pm_html(r["rank1_mean"], r["rank1_std"], ".1f")}</td>'
+            f'<td class="num nw">{_pm_html(r["final_loss_mean"], r["final_loss_std"], ".3g")}</td>'
+            f'<td class="num nw">{e(_reached(r))}</td>'
+            f'<td class="num nw">{_pm_html(r["grad_cv_mean"], r["grad_cv_std"], ".2f")}</td>'
+            f"<td>{e(r['findings_gone'] or '—')}</td><td>{e(r['findings_new'] or '—')}</td>"
+            f"<td>{e(r['statuses'])}</td></tr>")
+    noise = next((n for n in rank["noise"] if n), "")
+    caption = ("Mean ± std over seeds. <b>score</b>: the mean effect against the baseline over "
+               "mAP, final loss and grad-norm CV, each in units of its seed-to-seed std (clipped "
+               f"to ±3). <b>verdict</b>: the metrics whose difference exceeds {EFFECT_SE:g} "
+               "standard errors of the difference; read it before the rank. Variants with a "
+               "crashed or diverged run rank last"
+               + (f". Seed-to-seed std: {e(noise)}." if noise else "."))
+    return (f'<p class="desc">{caption}</p><table class="findings">{head}{"".join(rows)}'
+            "</table>")
+
+
+def _ssm_effects_html(sweep) -> str:
+    from diagnostics.figures import REMEDY_SSM
+    from diagnostics.sweep import ssm_effects
+    eff = ssm_effects(sweep.runs)
+    cols = [(c, t, neg) for c, t, _, neg in REMEDY_SSM if c in eff]
+    if not len(eff) or not cols:
+        return ""
+    base = eff[eff["variant"] == "baseline"]
+    head = "<tr><th>variant</th>" + "".join(f"<th>{e(t)}</th>" for _, t, _ in cols) + "</tr>"
+    rows = []
+    for r in eff.to_dict("records"):
+        cells = []
+        for c, _, neg in cols:
+            v = r[c]
+            v = 0.0 - v if neg and v is not None else v     # 0.0 - v: no "-0"
+            ratio = ""
+            if len(base) and r["variant"] != "baseline":
+                b = base[c].iloc[0]
+                b = 0.0 - b if neg else b
+                if math.isfinite(v) and math.isfinite(b) and b != 0:
+                    ratio = f' <span class="muted">(×{v / b:.3g})</span>'
+            cells.append(f'<td class="num">{_num(v, 3)}{ratio}</td>')
+        rows.append(f"<tr><td><b>{e(r['variant'])}</b></td>{''.join(cells)}</tr>")
+    return ('<p class="desc">Last probe, median over layers and scan directions, mean over '
+            "seeds; in brackets the ratio to the baseline.</p>"
+            f'<table class="findings">{head}{"".join(rows)}</table>')
+
+
+def _sweep_runs_html(sweep) -> str:
+    rows = []
+    for r in sweep.runs.to_dict("records"):
+        status = r.get("status") if isinstance(r.get("status"), str) else "unknown"
+        found = r.get("findings") or []
+        rows.append(
+            f"<tr><td>{e(r['variant'])}</td><td class=\"num\">{e(r['seed'])}</td>"
+            f"<td><code>diagnose --run {e(r['run'])}</code></td><td>{_status(status)}</td>"
+            f'<td class="num">{_num(r.get("steps"))}</td><td class="num">{_num(r.get("mAP"), 3)}'
+            f'</td><td class="num">{_num(r.get("final_loss"), 3)}</td>'
+            f'<td class="num">{_num(r.get("grad_cv"), 3)}</td>'
+            f"<td>{e(', '.join(found) if isinstance(found, list) else found) or '—'}</td>"
+            f"<td>{e(r.get('error') or '')}</td></tr>")
+    return ("<details><summary>every run of the sweep (open one with its command for its "
+            "findings and figures)</summary><table class=\"findings\"><tr><th>variant</th>"
+            "<th>seed</th><th>run</th><th>status</th><th>steps</th><th>mAP %</th>"
+            "<th>final loss</th><th>grad-norm CV</th><th>findings (warning or worse)</th>"
+            f"<th>error</th></tr>{''.join(rows)}</table></details>")
+
+
+def _sweep_summary_html(sweep) -> str:
+    plan = sweep.plan or {}
+    budget = plan.get("budget_steps")
+    items = [("backbone", e(plan.get("backbone") or "?")),
+             ("budget", e(f"{budget} optimizer steps per run" if budget
+                          else "the full schedule")),
+             ("seeds per variant", _num(plan.get("seeds"))),
+             ("variants", _num(len(sweep.ranking))),
+             ("runs", e(", ".join(f"{n} {s}" for s, n in
+                                  sweep.runs["status"].fillna("unknown").value_counts().items())))]
+    rows = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in items)
+    base = plan.get("baseline") or {}
+    base_rows = "".join(f'<tr><th>{e(k)}</th><td class="mono">{e(json.dumps(v, default=str))}'
+                        "</td></tr>" for k, v in sorted(base.items(), key=lambda kv: str(kv[0])))
+    notes = "".join(f"<li>{e(n)}</li>" for n in sweep.notes)
+    return ('<section id="summary"><h2>Summary</h2>'
+            f'<table class="summary">{rows}</table>'
+            + (f"<details><summary>the baseline's settings</summary><table>{base_rows}</table>"
+               "</details>" if base_rows else "")
+            + (f"<p><b>Notes:</b></p><ul>{notes}</ul>" if notes else "")
+            + "</section>")
+
+
+def render_sweep_html(sweep, *, title: str | None = None,
+                      now: _dt.datetime | None = None) -> str:
+    """The Remedies report of a sweep (:func:`diagnostics.sweep.load_sweep`) as one HTML
+    string: summary, the ranking, the figures of :data:`diagnostics.figures.REMEDY_FIGURES`,
+    the SSM effects per remedy and every run."""
+    from plotly.offline import get_plotlyjs
+
+    from diagnostics.figures import REMEDY_FIGURES
+
+    backbone = (sweep.plan or {}).get("backbone") or "?"
+    title = title or f"mambascope remedies: {sweep.name} ({backbone})"
+    now = now or _dt.datetime.now()
+    blocks, skipped = [], []
+    for spec in REMEDY_FIGURES.values():
+        fig = spec(sweep)
+        if fig is None:
+            skipped.append(spec.title)
+            continue
+        div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{spec.key}",
+                          config={"displaylogo": False, "responsive": True})
+        blocks.append(f'<div class="fig" id="fig-{e(spec.key)}"><h3>{e(spec.title)}</h3>'
+                      f'<p class="desc">{e(spec.description)}</p>{div}</div>')
+        if spec.key == "remedy_ssm":
+            blocks.append(_ssm_effects_html(sweep))
+    body = (_sweep_summary_html(sweep)
+            + f'<section id="ranking"><h2>Remedies ranked</h2>{_ranking_html(sweep.ranking)}'
+            + _sweep_runs_html(sweep) + "</section>"
+            + f'<section id="figures"><h2>Curves and SSM effects</h2>{"".join(blocks)}'
+              "</section>" + _glossary_html())
+    nav = [("summary", "Summary"), ("ranking", "Ranking"), ("figures", "Curves and SSM effects"),
+           ("glossary", "Codes")]
+    try:
+        from importlib.metadata import version
+        ver = version("mambascope")
+    except Exception:  # noqa: BLE001 - not installed: still a report
+        ver = "unknown"
+    footer = (f"mambascope {e(ver)} · generated {e(now.strftime('%Y-%m-%d %H:%M'))}"
+              + (f" · not shown (not recorded in these runs): {e('; '.join(skipped))}"
+                 if skipped else ""))
+    return _PAGE.substitute(
+        title=e(title), css=_CSS, plotlyjs=get_plotlyjs(),
+        subtitle=e(f"diagnose sweep in {sweep.runs_dir}: {len(sweep.ranking)} variants, "
+                   f"{len(sweep.runs)} runs"),
+        nav="".join(f'<a href="#{e(k)}">{e(v)}</a>' for k, v in nav), body=body, footer=footer)
+
+
+def default_sweep_report_path(sweep, reports_dir: str | Path = REPORTS_DIR) -> Path:
+    """``reports/sweep_NAME.html`` (the sweep folder's name, made file-safe)."""
+    return Path(reports_dir) / f"sweep_{_safe_name(sweep.name)[:120]}.html"
+
+
+def write_sweep_report(sweep, path: str | Path | None = None) -> Path:
+    """Write :func:`render_sweep_html` to ``path`` (default :func:`default_sweep_report_path`)."""
+    path = Path(path) if path is not None else default_sweep_report_path(sweep)
+    if path.is_dir() or str(path).endswith(("/", "\\")):
+        path = default_sweep_report_path(sweep, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(render_sweep_html(sweep), encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def diagnose_sweep(sweep_dir: str | Path, out: str | Path | None = None,
+                   fmt: str = "table") -> int:
+    """`diagnose --run runs/sweep` on a `diagnose sweep` folder: print the ranking and the SSM
+    effects, write the Remedies report."""
+    from diagnostics.sweep import load_sweep, print_ranking, print_ssm_effects
+
+    sweep = load_sweep(sweep_dir)
+    path = write_sweep_report(sweep, out)
+    if fmt == "json":
+        import sys
+        from diagnostics.analyzers import _jsonable
+        payload = dict(schema=JSON_SCHEMA, sweep=str(sweep.runs_dir), plan=sweep.plan,
+                       ranking=_jsonable(sweep.ranking.to_dict("records")),
+                       runs=_jsonable(sweep.runs.to_dict("records")), report=str(path))
+        sys.stdout.write(json.dumps(payload, indent=2, allow_nan=False, default=str) + "\n")
+        return 0
+    from rich.console import Console
+    from rich.markup import escape
+    console = Console(highlight=False, soft_wrap=False, width=None if _is_tty() else 160)
+    print_ranking(sweep.ranking, console, title=f"remedies ranked: {escape(str(sweep.runs_dir))}")
+    print_ssm_effects(sweep.runs, console)
+    console.print(f"report: {escape(str(path))}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------
 # The command line
 # ------------------------------------------------------------------------------------------
 
@@ -493,6 +711,16 @@ def diagnose_runs(run_paths: Sequence[str | Path], out: str | Path | None = None
         raise ValueError(f"unknown format {fmt!r}: use table or json")
     if fail_on is not None and fail_on not in SEVERITIES:
         raise ValueError(f"unknown severity {fail_on!r}: use warning or error")
+    from diagnostics.sweep import is_sweep
+    sweeps = [p for p in run_paths if is_sweep(p)]
+    if sweeps:
+        if len(run_paths) > 1:
+            raise ValueError(f"{sweeps[0]} is a sweep: give it alone (diagnose --run "
+                             f"{sweeps[0]}), or its runs one by one")
+        if fail_on is not None:
+            raise ValueError("--fail-on reads one run's findings: give it a run of the sweep, "
+                             "not the sweep")
+        return diagnose_sweep(sweeps[0], out, fmt)
     runs = load_runs(run_paths)
     a = analyse_runs(runs)
     if out is None:

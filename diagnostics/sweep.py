@@ -111,7 +111,7 @@ FINAL_MIN_STEPS = 5
 #: Statuses of runs that did not train to the end.
 FAILED = ("crashed", "diverged", "failed", "running")
 
-@dataclass
+
 # ---------------------------------------------------------------------------------------------
 # remedies
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +483,9 @@ RUN_COLUMNS = ("variant", "seed", "run", "status", "stopped", "error", "steps", 
                "nonfinite_steps", "findings", "dt_p50", "adt_p50", "frac_erased", "frac_frozen",
                "state_norm_max", "alog_std", "wall_s")
 
+#: Columns of :func:`run_table` that are not written to runs.csv (objects, not numbers).
+_PRIVATE = ("_curve", "_run")
+
 #: SSM statistics of the last probe (median over layers and directions) in the per-run table.
 SSM_COLUMNS = ("dt_p50", "adt_p50", "frac_erased", "frac_frozen", "state_norm_max", "alog_std")
 
@@ -496,8 +499,9 @@ def _smoothed_loss(steps) -> tuple[Any, Any]:
 
 
 def run_table(results: Sequence[RunResult]) -> "pandas.DataFrame":  # noqa: F821
-    """One row per run (:data:`RUN_COLUMNS`); a run that never wrote a manifest is a row with
-    status ``failed`` and its error. ``steps_to_threshold`` is filled in by :func:`ranking`;
+    """One row per run (:data:`RUN_COLUMNS`, then the private ``_curve``: (steps, smoothed
+    loss), and ``_run``: the loaded run); a run that never wrote a manifest is a row with status
+    ``failed`` and its error. ``steps_to_threshold`` is filled in by :func:`ranking`;
     ``findings`` is a sorted list of the codes found at warning or worse."""
     import numpy as np
     import pandas as pd
@@ -523,7 +527,7 @@ def run_table(results: Sequence[RunResult]) -> "pandas.DataFrame":  # noqa: F821
         if res.error and row["status"] == "running":
             row["status"] = "crashed"   # the process died without closing the run
         steps, sm = _smoothed_loss(run.steps)
-        row["_curve"] = (steps, sm)
+        row["_curve"], row["_run"] = (steps, sm), run
         if len(sm):
             row["initial_loss"] = float(run.steps["loss"].iloc[0])
             row["final_loss"] = float(sm[-1])
@@ -538,10 +542,10 @@ def run_table(results: Sequence[RunResult]) -> "pandas.DataFrame":  # noqa: F821
                 row[col] = float(vals.median()) if len(vals) else math.nan
         rows.append(row)
     df = pd.DataFrame(rows)
-    for col in (*RUN_COLUMNS, "_curve"):
+    for col in (*RUN_COLUMNS, *_PRIVATE):
         if col not in df:
-            df[col] = None if col in ("_curve", "stopped") else math.nan
-    return df[[*RUN_COLUMNS, "_curve"]]
+            df[col] = None if col in (*_PRIVATE, "stopped") else math.nan
+    return df[[*RUN_COLUMNS, *_PRIVATE]]
 
 
 #: The metrics of the score and the verdict: (column, +1 when higher is better, word). Rank-1
@@ -713,6 +717,24 @@ class SweepResult:
     notes: list[str]
     runs_dir: Path
     wall_s: float
+    #: variant -> its loaded runs, by seed, in the plan's order (baseline first): what the
+    #: Remedies figures overlay. Runs that could not be read are left out (their rows say why).
+    loaded: dict[str, list] = field(default_factory=dict)
+    plan: dict[str, Any] = field(default_factory=dict)   # sweep.json
+
+    @property
+    def name(self) -> str:
+        return self.runs_dir.name or str(self.runs_dir)
+
+
+def _result(runs, rank, variants, notes, runs_dir: Path, wall_s: float,
+            plan: dict[str, Any]) -> SweepResult:
+    loaded: dict[str, list] = {v.name: [] for v in variants}
+    for variant, run in zip(runs["variant"], runs["_run"]):
+        if hasattr(run, "steps"):           # rows without a run hold None or NaN
+            loaded.setdefault(variant, []).append(run)
+    return SweepResult(rank, runs.drop(columns=list(_PRIVATE)), variants, notes, runs_dir,
+                       wall_s, loaded, plan)
 
 
 def sweep(backbone: str = "MAMBA-V2", runs_dir: str | os.PathLike = "runs/sweep",
@@ -757,12 +779,12 @@ def sweep(backbone: str = "MAMBA-V2", runs_dir: str | os.PathLike = "runs/sweep"
     runs = run_table(results)
     rank = ranking(runs, {v.name: v.changes for v in variants})
     rank.to_csv(runs_dir / "ranking.csv", index=False)
-    out = runs.drop(columns=["_curve"]).assign(findings=runs["findings"].map(
+    out = runs.drop(columns=list(_PRIVATE)).assign(findings=runs["findings"].map(
         lambda fs: ";".join(fs or [])))
     out.to_csv(runs_dir / "runs.csv", index=False)
     if detail:
-        return SweepResult(rank, runs.drop(columns=["_curve"]), variants, notes, runs_dir,
-                           time.monotonic() - t0)
+        return _result(runs, rank, variants, notes, runs_dir, time.monotonic() - t0,
+                       _read_plan(runs_dir))
     return rank
 
 
@@ -778,24 +800,52 @@ def _write_plan(runs_dir: Path, variants, base, budget_steps, seeds, notes) -> N
     os.replace(tmp, runs_dir / "sweep.json")
 
 
-def load_sweep(runs_dir: str | os.PathLike) -> SweepResult:
-    """Rank the runs of a sweep already on disk (from its ``sweep.json``), without training:
-    what the report and the app call for a "Remedies" view."""
-    runs_dir = Path(runs_dir)
+def is_sweep(path: str | os.PathLike) -> bool:
+    """A folder written by `diagnose sweep` (it holds ``sweep.json``)."""
+    return (Path(path) / "sweep.json").is_file()
+
+
+def _read_plan(runs_dir: Path) -> dict[str, Any]:
+    """``sweep.json``, checked: a one-line RunFormatError when it is not a sweep's plan. Run
+    names must be plain folder names, so that nothing outside ``runs_dir`` is read."""
+    from diagnostics.runfmt import RunFormatError
+
     path = runs_dir / "sweep.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{runs_dir} holds no sweep (no sweep.json)")
-    plan = json.loads(path.read_text())
+        raise RunFormatError(f"{runs_dir} holds no sweep (no sweep.json)")
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise RunFormatError(f"{path}: not a sweep plan ({type(e).__name__})") from None
+    variants = plan.get("variants") if isinstance(plan, dict) else None
+    ok = isinstance(variants, list) and len(variants) > 0 and all(
+        isinstance(v, dict) and isinstance(v.get("name"), str) and isinstance(v.get("runs"), list)
+        and all(isinstance(r, str) and r and r not in (".", "..") and "/" not in r
+                and "\\" not in r for r in v["runs"])
+        for v in variants)
+    if not ok:
+        raise RunFormatError(f"{path}: not a sweep plan (variants with a name and their run "
+                             "folders expected)")
+    return plan
+
+
+def load_sweep(runs_dir: str | os.PathLike) -> SweepResult:
+    """Rank the runs of a sweep already on disk (from its ``sweep.json``), without training:
+    what the report and the app show as the "Remedies" view. A bad ``sweep.json`` raises a
+    one-line RunFormatError; a run that is missing or unreadable is a ``failed`` row."""
+    runs_dir = Path(runs_dir)
+    plan = _read_plan(runs_dir)
     variants, results = [], []
     for v in plan["variants"]:
-        variants.append(Variant(v["name"], [], v.get("changes", "")))
+        variants.append(Variant(v["name"], [], str(v.get("changes", ""))))
         for name in v["runs"]:
-            seed = int(name.rsplit("-seed", 1)[1]) if "-seed" in name else 0
-            results.append(RunResult(v["name"], seed, runs_dir / name))
+            seed = name.rsplit("-seed", 1)[1] if "-seed" in name else "0"
+            results.append(RunResult(v["name"], int(seed) if seed.isdigit() else 0,
+                                     runs_dir / name))
     runs = run_table(results)
     rank = ranking(runs, {v.name: v.changes for v in variants})
-    return SweepResult(rank, runs.drop(columns=["_curve"]), variants, plan.get("notes", []),
-                       runs_dir, math.nan)
+    notes = [str(n) for n in plan.get("notes") or []]
+    return _result(runs, rank, variants, notes, runs_dir, math.nan, plan)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -858,6 +908,7 @@ def _reached(r: dict) -> str:
 
 def print_ssm_effects(runs, console=None) -> None:
     """The last probe's SSM statistics per variant, with rich (nothing when no SSM)."""
+    from rich.markup import escape
     from rich.table import Table
 
     eff = ssm_effects(runs)
@@ -873,7 +924,7 @@ def print_ssm_effects(runs, console=None) -> None:
     for c in eff.columns[1:]:
         t.add_column(heads.get(c, c), justify="right")
     for r in eff.to_dict("records"):
-        t.add_row(r["variant"], *[("-" if not math.isfinite(r[c]) else f"{r[c]:.3g}")
+        t.add_row(escape(str(r["variant"])), *[("-" if not math.isfinite(r[c]) else f"{r[c]:.3g}")
                                   for c in eff.columns[1:]])
     console.print(t)
 
@@ -914,6 +965,9 @@ def add_arguments(p: argparse.ArgumentParser, name: str) -> None:
                    help="training processes at a time (default 1)")
     p.add_argument("--no-recipe", action="store_true",
                    help="do not add the variant with every remedy together")
+    p.add_argument("--report", default=None, metavar="PATH",
+                   help="the Remedies report (default reports/sweep_NAME.html, NAME the "
+                        "--runs-dir folder); later: diagnose --run RUNS_DIR")
     g = p.add_argument_group("baseline", "training options: what you had before the remedies "
                                          "(unset ones: no remedy)")
     _add_training_options(g)
@@ -942,6 +996,7 @@ def base_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def main(args: argparse.Namespace, name: str) -> int:
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     console = results_console()
@@ -960,8 +1015,9 @@ def main(args: argparse.Namespace, name: str) -> int:
         if quiet:
             return
         what = ("kept (already trained)" if res.reused else
-                f"[red]failed[/red]: {res.error}" if res.error else f"done in {res.wall_s:.0f} s")
-        progress.console.print(f"[{i}/{n}] {res.variant} seed {res.seed}: {what}")
+                f"[red]failed[/red]: {escape(res.error)}" if res.error
+                else f"done in {res.wall_s:.0f} s")
+        progress.console.print(f"{escape(f'[{i}/{n}] {res.variant} seed {res.seed}')}: {what}")
 
     with progress:
         result = sweep(args.backbone, args.runs_dir, args.remedies,
@@ -972,11 +1028,14 @@ def main(args: argparse.Namespace, name: str) -> int:
         console.print(f"note: {note}")
     budget = f"{args.budget_steps} steps" if args.budget_steps else "full schedule"
     print_ranking(result.ranking, console,
-                  title=f"{args.backbone}: the seed's remedies, {budget} x {args.seeds} seed(s) "
-                        f"({result.runs_dir})")
+                  title=escape(f"{args.backbone}: the seed's remedies, {budget} x {args.seeds} "
+                               f"seed(s) ({result.runs_dir})"))
     print_ssm_effects(result.runs, console)
-    console.print(f"ranking written to {result.runs_dir / 'ranking.csv'} "
-                  f"(per run: {result.runs_dir / 'runs.csv'}); one run: diagnose --run "
-                  f"{result.variants[0].configs[0].run}")
+    from diagnostics.report import write_sweep_report
+    report = write_sweep_report(result, args.report)
+    console.print(escape(f"ranking written to {result.runs_dir / 'ranking.csv'} "
+                         f"(per run: {result.runs_dir / 'runs.csv'}); one run: diagnose --run "
+                         f"{result.variants[0].configs[0].run}"))
+    console.print(escape(f"report: {report}"))
     # diverged runs are results; a run that could not train is an error
     return 1 if (result.runs["error"].fillna("") != "").any() else 0

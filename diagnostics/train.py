@@ -908,12 +908,14 @@ def summary_table(run_paths: Sequence[str | os.PathLike]) -> "pandas.DataFrame":
         gn = gn[np.isfinite(gn)]
         row["grad_cv"] = float(gn.std() / gn.mean()) if len(gn) >= 2 and gn.mean() > 0 else math.nan
         if len(steps):
-            row["clipped_frac"] = float(steps["clipped"].astype(bool).mean())
+            # steps that did not record clipping (a loop without a clip) say nothing: NaN
+            clipped = steps["clipped"].astype("boolean").dropna()
+            row["clipped_frac"] = float(clipped.mean()) if len(clipped) else math.nan
             st = steps["step_time_s"]
             st = st[np.isfinite(st) & (st > 0)]
             row["steps_per_s"] = float(1.0 / st.median()) if len(st) else math.nan
             row["peak_mem_mb"] = float(steps["peak_mem_mb"].max())
-            row["nonfinite_steps"] = int(steps["nonfinite"].astype(bool).sum())
+            row["nonfinite_steps"] = int(steps["nonfinite"].astype("boolean").fillna(False).sum())
         row["params"] = cfg.get("backbone_params") or (m.get("model") or {}).get("params")
         rows.append(row)
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))

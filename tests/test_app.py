@@ -22,6 +22,7 @@ PAGES = {
     "ssm": "views/ssm.py",
     "maps": "views/maps.py",
     "findings": "views/findings.py",
+    "remedies": "views/remedies.py",
 }
 # A run folder whose name is markdown, a link and HTML: it must only ever be shown as text.
 HOSTILE = "**bold** [x](javascript:alert(1)) <img src=x onerror=alert(1)>"
@@ -260,6 +261,54 @@ def test_run_strings_never_reach_markdown(runs_root):
 def test_no_unsafe_html_in_the_app():
     for f in [APP / "main.py", APP / "common.py", *sorted((APP / "views").glob("*.py"))]:
         assert "unsafe_allow_html" not in f.read_text(), f
+
+
+# ------------------------------------------------------------------------------ remedies
+
+@pytest.fixture(scope="module")
+def sweep_root(tmp_path_factory, fake_sweep, tiny_vit_run):
+    """runs/: sweeps/my_sweep (a sweep, one variant named with HTML), VIT-T (a plain run)."""
+    root = tmp_path_factory.mktemp("app_sweeps")
+    shutil.copytree(fake_sweep, root / "sweeps" / "my_sweep")
+    shutil.copytree(tiny_vit_run, root / "VIT-T")
+    return root
+
+
+def test_remedies_page(sweep_root, fake_sweep_plan):
+    at = app(sweep_root, "remedies")
+    assert [t.value for t in at.title] == ["Remedies"]
+    assert at.selectbox(key="sweep").value == str(sweep_root / "sweeps" / "my_sweep")
+    ranking = frames(at)[0]
+    assert set(ranking["variant"]) == set(fake_sweep_plan)
+    assert ranking["variant"].iloc[0] == "lr=1e-4" and ranking["variant"].iloc[-1] == "lr=1"
+    assert list(ranking["#"]) == list(range(1, len(fake_sweep_plan) + 1))
+    assert [m.value for m in at.metric] == ["MAMBA-V2-T", "40 steps", "2", "10"]
+    assert plotly_count(at) == 4
+    ssm = frames(at)[2]
+    assert dict(zip(ssm["variant"], ssm["dt median"]))["lr=1e-4"] == pytest.approx(0.05)
+    assert dict(zip(ssm["variant"], ssm["|A·dt| median"]))["lr=1e-4"] == pytest.approx(0.05)
+    # the HTML variant name: shown in tables and figures, never through markdown
+    for t in texts(at):
+        assert "onerror" not in t, t
+    # the sweep's runs are runs like any other on the other pages
+    at.switch_page(PAGES["overview"]).run()
+    assert "sweeps/my_sweep/baseline-seed0" in set(frames(at)[0]["run"])
+
+
+def test_remedies_page_without_a_sweep(runs_root):
+    at = app(runs_root, "remedies")
+    assert any("No sweep" in i.value for i in at.info)
+    assert any("diagnose sweep" in c.value for c in at.code)
+    assert plotly_count(at) == 0 and not at.error
+
+
+def test_remedies_page_with_a_broken_sweep(tmp_path, tiny_vit_run):
+    shutil.copytree(tiny_vit_run, tmp_path / "VIT-T")
+    (tmp_path / "bad_sweep").mkdir()
+    (tmp_path / "bad_sweep" / "sweep.json").write_text("{not json")
+    at = app(tmp_path, "remedies")
+    assert any("bad_sweep" in c.value and "not a sweep plan" in c.value for c in at.code)
+    assert plotly_count(at) == 0
 
 
 def test_runs_dir_argument():

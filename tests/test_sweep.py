@@ -211,11 +211,18 @@ def test_cli_reuses_finished_runs_and_prints_the_table(toy_sweep, capsys):
     argv = ["sweep", "--backbone", "MAMBA-V2-T", "--runs-dir", str(runs_dir), "--remedies",
             "lr=1,clip=1.0", "--budget-steps", "8", "--seeds", "1", "--jobs", "2",
             "--dataset", "synthetic:16", "--image-size", "32x16", "--patch-size", "8",
-            "--batch-size", "8", "--depth", "2", "--threads", "1", "--probe-every", "4"]
+            "--batch-size", "8", "--depth", "2", "--threads", "1", "--probe-every", "4",
+            "--report", str(runs_dir.parent / "remedies.html")]
     assert cli_main(argv) == 0
     out = capsys.readouterr().out
     assert out.count("kept (already trained)") == 4
     assert "lr=1" in out and "recipe" in out and "ranking.csv" in out
+    # the Remedies report of the real sweep: every variant ranked, every figure drawn
+    html = (runs_dir.parent / "remedies.html").read_text()
+    for variant in ("baseline", "lr=1", "clip=1.0", "recipe"):
+        assert f"<td><b>{variant}</b></td>" in html
+    for key in ("remedy_curves", "remedy_outcomes", "remedy_ssm", "remedy_ssm_curves"):
+        assert f'id="plot-{key}"' in html
     # other settings on top of the same runs are refused in one line
-    assert cli_main(argv[:-2] + ["--probe-every", "3"]) == 2
+    assert cli_main(argv[:-4] + ["--probe-every", "3"]) == 2
     assert "--overwrite" in capsys.readouterr().err
