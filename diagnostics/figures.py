@@ -765,6 +765,22 @@ def _seed_lines(fig, sweep, rows: Sequence[tuple[Callable, str]], *, colors) -> 
     return used
 
 
+def _stacked_lines(sweep, rows: Sequence[tuple[Callable, str]]) -> go.Figure | None:
+    """One subplot per row (sharing the step axis), a line per variant and seed in each; rows
+    whose label ends in " (log)" get a log axis. None when no run has any of the series."""
+    if not any(sweep.loaded.values()):
+        return None
+    fig = make_subplots(rows=len(rows), cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        subplot_titles=[w.removesuffix(" (log)") for _, w in rows])
+    if not _seed_lines(fig, sweep, rows, colors=variant_colors(sweep)):
+        return None
+    for i, (_, what) in enumerate(rows, start=1):
+        if what.endswith("(log)"):
+            fig.update_yaxes(type="log", row=i, col=1)
+    fig.update_xaxes(title_text="step", row=len(rows), col=1)
+    return _layout(fig, height=130 + 210 * len(rows))
+
+
 @_remedy_figure(
     "remedy_curves", "Training curves of every variant, overlaid",
     "Loss and gradient norm per step (rolling median over ~1/25 of the run, log scale) and mAP "
@@ -786,19 +802,8 @@ def remedy_curves(sweep) -> go.Figure | None:
         ok = np.isfinite(_num(ev["mAP"]))
         return _num(ev["step"])[ok], _num(ev["mAP"])[ok]
 
-    rows = [(steps("loss"), "loss (log)"), (steps("grad_norm"), "grad norm (log)"),
-            (evals, "mAP (%)")]
-    if not any(sweep.loaded.values()):
-        return None
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
-                        subplot_titles=[w.removesuffix(" (log)") for _, w in rows])
-    used = _seed_lines(fig, sweep, rows, colors=variant_colors(sweep))
-    if not used:
-        return None
-    fig.update_yaxes(type="log", row=1, col=1)
-    fig.update_yaxes(type="log", row=2, col=1)
-    fig.update_xaxes(title_text="step", row=3, col=1)
-    return _layout(fig, height=760)
+    return _stacked_lines(sweep, [(steps("loss"), "loss (log)"),
+                                  (steps("grad_norm"), "grad norm (log)"), (evals, "mAP (%)")])
 
 
 #: The SSM statistics the Remedies view shows: (runs column, title, log axis, negate).
@@ -893,17 +898,7 @@ def remedy_ssm(sweep) -> go.Figure | None:
     "dt median, |A·dt| median and the largest hidden-state norm at each probe step (median over "
     "layers and directions, log scale), one colour per variant, the first seed solid.")
 def remedy_ssm_curves(sweep) -> go.Figure | None:
-    rows = [(lambda run: _ssm_median(run, "dt_p50"), "dt median (log)"),
-            (lambda run: _ssm_median(run, "adt_p50", negate=True), "|A·dt| median (log)"),
-            (lambda run: _ssm_median(run, "state_norm_max"), "max state norm (log)")]
-    if not any(sweep.loaded.values()):
-        return None
-    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
-                        subplot_titles=[w.removesuffix(" (log)") for _, w in rows])
-    used = _seed_lines(fig, sweep, rows, colors=variant_colors(sweep))
-    if not used:
-        return None
-    for i in (1, 2, 3):
-        fig.update_yaxes(type="log", row=i, col=1)
-    fig.update_xaxes(title_text="step", row=3, col=1)
-    return _layout(fig, height=760)
+    return _stacked_lines(sweep, [
+        (lambda run: _ssm_median(run, "dt_p50"), "dt median (log)"),
+        (lambda run: _ssm_median(run, "adt_p50", negate=True), "|A·dt| median (log)"),
+        (lambda run: _ssm_median(run, "state_norm_max"), "max state norm (log)")])

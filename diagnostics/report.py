@@ -377,8 +377,6 @@ def _glossary_html() -> str:
 
 def render_html(a: Analysis, *, title: str | None = None, now: _dt.datetime | None = None) -> str:
     """The whole report as one HTML string (plotly's JavaScript inlined once)."""
-    from plotly.offline import get_plotlyjs
-
     names = [r.name for r in a.runs]
     title = title or ("mambascope: " + " vs ".join(names))
     now = now or _dt.datetime.now()
@@ -393,6 +391,17 @@ def render_html(a: Analysis, *, title: str | None = None, now: _dt.datetime | No
     maps_html = section_html(sets, scores, images=(0, 1), notes=notes)
     body = (_summary_html(a) + _findings_html(a, rendered) + _comparison_html(a) + fig_html
             + maps_html + _glossary_html())
+    return _page(title, f"{len(a.runs)} run{'s' * (len(a.runs) != 1)}: " + ", ".join(
+        f"{r.name} ({r.manifest.get('backbone') or '?'}, {r.status})" for r in a.runs),
+                 nav, body, skipped, now)
+
+
+def _page(title: str, subtitle: str, nav: list[tuple[str, str]], body: str,
+          skipped: Sequence[str], now: _dt.datetime) -> str:
+    """The whole page around ``body`` (trusted HTML): title and subtitle (text, escaped here),
+    navigation, footer with the version and the figures not shown, plotly.js inlined once."""
+    from plotly.offline import get_plotlyjs
+
     try:
         from importlib.metadata import version
         ver = version("mambascope")
@@ -403,8 +412,7 @@ def render_html(a: Analysis, *, title: str | None = None, now: _dt.datetime | No
                  if skipped else ""))
     return _PAGE.substitute(
         title=e(title), css=_CSS, plotlyjs=get_plotlyjs(),
-        subtitle=e(f"{len(a.runs)} run{'s' * (len(a.runs) != 1)}: " + ", ".join(
-            f"{r.name} ({r.manifest.get('backbone') or '?'}, {r.status})" for r in a.runs)),
+        subtitle=e(subtitle),
         nav="".join(f'<a href="#{e(k)}">{e(v)}</a>' for k, v in nav), body=body, footer=footer)
 
 
@@ -551,8 +559,6 @@ def render_sweep_html(sweep, *, title: str | None = None,
     """The Remedies report of a sweep (:func:`diagnostics.sweep.load_sweep`) as one HTML
     string: summary, the ranking, the figures of :data:`diagnostics.figures.REMEDY_FIGURES`,
     the SSM effects per remedy and every run."""
-    from plotly.offline import get_plotlyjs
-
     from diagnostics.figures import REMEDY_FIGURES
 
     backbone = (sweep.plan or {}).get("backbone") or "?"
@@ -577,19 +583,8 @@ def render_sweep_html(sweep, *, title: str | None = None,
               "</section>" + _glossary_html())
     nav = [("summary", "Summary"), ("ranking", "Ranking"), ("figures", "Curves and SSM effects"),
            ("glossary", "Codes")]
-    try:
-        from importlib.metadata import version
-        ver = version("mambascope")
-    except Exception:  # noqa: BLE001 - not installed: still a report
-        ver = "unknown"
-    footer = (f"mambascope {e(ver)} · generated {e(now.strftime('%Y-%m-%d %H:%M'))}"
-              + (f" · not shown (not recorded in these runs): {e('; '.join(skipped))}"
-                 if skipped else ""))
-    return _PAGE.substitute(
-        title=e(title), css=_CSS, plotlyjs=get_plotlyjs(),
-        subtitle=e(f"diagnose sweep in {sweep.runs_dir}: {len(sweep.ranking)} variants, "
-                   f"{len(sweep.runs)} runs"),
-        nav="".join(f'<a href="#{e(k)}">{e(v)}</a>' for k, v in nav), body=body, footer=footer)
+    return _page(title, f"diagnose sweep in {sweep.runs_dir}: {len(sweep.ranking)} variants, "
+                        f"{len(sweep.runs)} runs", nav, body, skipped, now)
 
 
 def default_sweep_report_path(sweep, reports_dir: str | Path = REPORTS_DIR) -> Path:
