@@ -1,6 +1,7 @@
 """`diagnose`: the command line. It only parses arguments and calls plain functions.
 
     diagnose --run runs/mamba_v2 [--run runs/vit_s] [--out PATH] [--format table|json] [--fail-on …]
+    diagnose --run runs/sweep        (a `diagnose sweep` folder: the Remedies report)
     diagnose demo | models | train | compare | …    (diagnose --help lists them)
 
 Each subcommand lives in a module with `add_arguments(parser)` and `main(args) -> int`; this
@@ -59,9 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="mambascope: convergence diagnostics for Vision Mamba against ViT. "
                     "With --run, analyse recorded runs; otherwise run a subcommand.")
     p.add_argument("--run", dest="runs", action="append", metavar="PATH",
-                   help="a run directory to analyse (repeat to compare runs side by side)")
+                   help="a run directory to analyse (repeat to compare runs side by side), "
+                        "or a `diagnose sweep` folder alone: its remedies ranked")
     p.add_argument("--out", metavar="PATH", help="where to write the HTML report "
-                   "(default reports/NAME.html)")
+                   "(default reports/NAME.html; reports/sweep_NAME.html for a sweep)")
     p.add_argument("--format", choices=("table", "json"), default="table",
                    help="findings as a terminal table, or as JSON on stdout and nothing else")
     p.add_argument("--fail-on", choices=("warning", "error"),

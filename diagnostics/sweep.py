@@ -9,7 +9,9 @@ Trains a **baseline**, one **variant per remedy** (that remedy alone on top of t
 and the **recipe** (all the listed remedies together: the seed's full recipe with the default
 list), each for ``--seeds`` seeds, every run recorded under ``--runs-dir`` by the training
 harness (`diagnostics.train`) in its own process, ``--jobs`` at a time. Then it ranks the
-variants and writes ``ranking.csv``, ``runs.csv`` and ``sweep.json`` (the plan) beside the runs.
+variants and writes ``ranking.csv``, ``runs.csv`` and ``sweep.json`` (the plan) beside the runs,
+and the Remedies report (``reports/sweep_NAME.html``; ``diagnose --run RUNS_DIR`` re-reads the
+folder and writes it again, :func:`load_sweep`).
 
 The baseline is "what the user had before the remedies": the training harness's defaults are the
 seed's recipe, so the sweep starts from the opposite, :data:`BASELINE`:
@@ -924,8 +926,8 @@ def print_ssm_effects(runs, console=None) -> None:
     for c in eff.columns[1:]:
         t.add_column(heads.get(c, c), justify="right")
     for r in eff.to_dict("records"):
-        t.add_row(escape(str(r["variant"])), *[("-" if not math.isfinite(r[c]) else f"{r[c]:.3g}")
-                                  for c in eff.columns[1:]])
+        t.add_row(escape(str(r["variant"])),
+                  *[("-" if not math.isfinite(r[c]) else f"{r[c]:.3g}") for c in eff.columns[1:]])
     console.print(t)
 
 
@@ -1025,7 +1027,7 @@ def main(args: argparse.Namespace, name: str) -> int:
                        base=base, recipe=not args.no_recipe, overwrite=bool(args.overwrite),
                        on_done=on_done, notes=notes, detail=True)
     for note in notes:
-        console.print(f"note: {note}")
+        console.print(escape(f"note: {note}"))
     budget = f"{args.budget_steps} steps" if args.budget_steps else "full schedule"
     print_ranking(result.ranking, console,
                   title=escape(f"{args.backbone}: the seed's remedies, {budget} x {args.seeds} "
