@@ -747,6 +747,7 @@ def _seed_lines(fig, sweep, rows: Sequence[tuple[Callable, str]], *, colors) -> 
     used: set[int] = set()
     for variant in _variant_order(sweep):
         label = plot_text(variant)
+        in_legend = False
         for k, run in enumerate(sweep.loaded.get(variant, [])):
             seed = (run.manifest.get("config") or {}).get("seed", k)
             for i, (series, what) in enumerate(rows, start=1):
@@ -756,12 +757,13 @@ def _seed_lines(fig, sweep, rows: Sequence[tuple[Callable, str]], *, colors) -> 
                 used.add(i)
                 fig.add_trace(go.Scatter(
                     x=x, y=_pos(y) if what.endswith("(log)") else y, mode="lines",
-                    name=label, legendgroup=label, showlegend=(k == 0 and i == min(used)),
+                    name=label, legendgroup=label, showlegend=not in_legend,
                     line=dict(color=colors[variant], width=2 if k == 0 else 1),
                     opacity=1 if k == 0 else 0.55,
                     hovertemplate=(f"{label} · seed {plot_text(seed)}<br>step %{{x}}<br>"
                                    f"{what.removesuffix(' (log)')} %{{y:.4g}}<extra></extra>")),
                     row=i, col=1)
+                in_legend = True
     return used
 
 
