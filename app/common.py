@@ -823,8 +823,8 @@ def finding_details(row: pd.Series) -> None:
 # Remedies: `diagnose sweep` folders
 # ------------------------------------------------------------------------------------------
 
-MAKE_SWEEP = ("diagnose sweep --backbone MAMBA-V2-T --runs-dir runs/sweep --budget-steps 120 "
-              "--seeds 2 --jobs 2")
+MAKE_SWEEP = ("diagnose sweep --backbone MAMBA-V2-T --image-size 64x32 --patch-size 8 "
+              "--runs-dir runs/sweep --budget-steps 120 --seeds 2 --jobs 2")
 
 
 def discover_sweeps(root: str | os.PathLike, max_depth: int = MAX_DEPTH) -> list[Path]:

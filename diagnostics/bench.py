@@ -454,25 +454,21 @@ def bench_recorder(*, device: str = "cpu", backbone: str = "MAMBA-V2-T",
                    progress: ProgressFn = _quiet) -> pd.DataFrame:
     """Training steps/s with no recorder and with the Recorder at each `probe_every`.
 
-    The configurations are interleaved round by round (diagnostics.bench_recorder) and each is
-    reported by its median round. `probes_timed` is how many probe steps fell in the timed
-    steps (1..steps; the untimed warm-up is step 0, itself a probe step).
+    Every configuration trains its own copy of the model in lockstep with the others, step by
+    step, each step timed on its own (diagnostics.bench_recorder); each is reported by its
+    median round. `probes_timed` is how many probe steps fell in the timed steps (1..steps; the
+    untimed warm-up is step 0, itself a probe step).
     """
-    from diagnostics.bench_recorder import steps_per_s
+    from diagnostics.bench_recorder import lockstep_steps_per_s
 
-    kwargs = {"device": device}
     configs: list[int | None] = [None, *probe_every]
     results: dict[int | None, list[float]] = {c: [] for c in configs}
-    # A short untimed run first: the process's first-call costs (lazy library init, allocator
-    # growth) would otherwise fall on whichever configuration runs first, "no recorder".
-    progress("recorder: warm-up")
-    steps_per_s(backbone, tuple(image_size), patch_size, batch, 3, None, **kwargs)
     for r in range(rounds):
-        for c in configs:
-            progress(f"recorder round {r + 1}/{rounds}: "
-                     + ("no recorder" if c is None else f"probe_every={c}"))
-            results[c].append(steps_per_s(backbone, tuple(image_size), patch_size, batch,
-                                           steps, c, **kwargs))
+        progress(f"recorder round {r + 1}/{rounds}: {len(configs)} configurations in lockstep, "
+                 f"{steps} steps")
+        for c, sps in lockstep_steps_per_s(backbone, tuple(image_size), patch_size, batch,
+                                           steps, configs, device=device).items():
+            results[c].append(sps)
     base = statistics.median(results[None])
     rows = []
     for c in configs:
@@ -850,9 +846,11 @@ def _section_recorder(device, kw, threads, quick, progress) -> Section:
     df = bench_recorder(device=device, progress=progress, **kw)
     h, w = kw["image_size"]
     notes.insert(0, f"{kw['backbone']} at {h}x{w}, patch {kw['patch_size']}, batch {kw['batch']}, "
-                    f"AdamW, clip 1.0; {kw['steps']} timed steps x {kw['rounds']} interleaved "
-                    "round(s), median round. Anchor: Cockpit ~1.0x for its cheap preset at "
-                    "intervals >= 16, 21x for its full preset every step.")
+                    f"AdamW, clip 1.0; one copy of the model per configuration, trained in "
+                    f"lockstep (each step timed on its own, the order rotating), {kw['steps']} "
+                    f"timed steps x {kw['rounds']} round(s), median round. Anchor: Cockpit ~1.0x "
+                    "for its cheap preset at intervals >= 16, 21x for its full preset every "
+                    "step.")
     at50 = df[df["probe_every"] == 50]
     if len(at50):
         o = float(at50["overhead"].iloc[0])

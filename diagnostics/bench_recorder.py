@@ -2,10 +2,14 @@
 
     python -m diagnostics.bench_recorder [--backbone MAMBA-V2-T] [--steps 100] [--rounds 3]
 
-Trains the same model on the same random batches with no recorder, with the recorder at
-probe_every=50 and at probe_every=1 (and any other `--probe-every` values), and prints steps/s
-and the overhead ratio against no recorder. The configurations are interleaved round by round
-and each is reported by its median round, so that drift in the machine's load hits all alike.
+Trains one copy of the same model per configuration (no recorder, the recorder at
+probe_every=50 and at probe_every=1, and any other `--probe-every` values) on the same random
+batches, in lockstep: step i of every configuration runs before step i + 1 of any, in an order
+that rotates from step to step, and each step is timed on its own. Drift in the machine's load
+(other tenants, frequency changes) therefore hits every configuration alike, step by step; timing
+whole configurations one after another left differences of ~5% between two runs of the same
+configuration on a quiet 2-core machine, as large as what is measured. Each configuration is
+reported by its median round.
 The anchor (issue 4): Cockpit's cheapest preset costs ~1.0x at intervals of 16 and above, its
 full preset 21x at every step; the target here is <= 1.05x at probe_every=50.
 """
@@ -16,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,35 +29,46 @@ from diagnostics.recorder import Recorder
 from models import build_model
 
 
-def steps_per_s(backbone, img, patch, batch, steps, probe_every, seed=0, device="cpu") -> float:
-    """Training steps/s of `backbone` on random data, with the Recorder at `probe_every`
-    (None: no recorder), after one untimed warm-up step."""
-    torch.manual_seed(seed)
-    model = build_model(backbone, img_size=img, patch_size=patch).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    data = [torch.randn(batch, 3, *img, device=device) for _ in range(4)]
-    target = torch.randn(batch, model.num_features, device=device)
+def lockstep_steps_per_s(backbone, img, patch, batch, steps, configs: Sequence[int | None],
+                         seed=0, device="cpu") -> dict:
+    """Training steps/s of `backbone` on random data for each configuration (a probe_every for
+    the Recorder, None: no recorder), trained in lockstep after one untimed warm-up step each.
+    Every copy starts from the same weights and sees the same batches, so all do the same
+    arithmetic; the recorder's probe steps fall on the same step indices."""
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    torch.manual_seed(seed)
+    data = [torch.randn(batch, 3, *img, device=device) for _ in range(4)]
+    elapsed = {c: 0.0 for c in configs}
     with tempfile.TemporaryDirectory() as d:
-        rec = Recorder(model, f"{d}/run", probe_every=probe_every) if probe_every is not None else None
-        # one warm-up step, not timed (allocator, first-call costs)
+        arms = []
+        for i, c in enumerate(configs):
+            torch.manual_seed(seed)
+            model = build_model(backbone, img_size=img, patch_size=patch).to(device)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            rec = Recorder(model, f"{d}/run{i}", probe_every=c) if c is not None else None
+            arms.append((c, model, opt, rec))
+        target = torch.randn(batch, arms[0][1].num_features, device=device,
+                             generator=torch.Generator(device).manual_seed(seed))
         for i in range(steps + 1):
-            if i == 1:
+            k = i % len(arms)
+            for c, model, opt, rec in arms[k:] + arms[:k]:     # rotate who goes first
                 sync()
                 t0 = time.perf_counter()
-            loss = F.mse_loss(model(data[i % len(data)]), target)
-            loss.backward()
+                loss = F.mse_loss(model(data[i % len(data)]), target)
+                loss.backward()
+                if rec:
+                    rec.step(loss, optimizer=opt, clip_grad=1.0)
+                else:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                opt.zero_grad()
+                sync()
+                if i:                    # step 0 is the warm-up (allocator, first-call costs)
+                    elapsed[c] += time.perf_counter() - t0
+        for _, _, _, rec in arms:
             if rec:
-                rec.step(loss, optimizer=opt, clip_grad=1.0)
-            else:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad()
-        sync()
-        elapsed = time.perf_counter() - t0
-        if rec:
-            rec.close()
-    return steps / elapsed
+                rec.close()
+    return {c: steps / elapsed[c] for c in configs}
 
 
 def main(argv=None) -> int:
@@ -69,11 +85,12 @@ def main(argv=None) -> int:
     configs = [None] + a.probe_every
     results = {c: [] for c in configs}
     for _ in range(a.rounds):
-        for c in configs:
-            results[c].append(steps_per_s(a.backbone, img, a.patch_size, a.batch_size, a.steps, c))
+        for c, sps in lockstep_steps_per_s(a.backbone, img, a.patch_size, a.batch_size,
+                                           a.steps, configs).items():
+            results[c].append(sps)
     base = statistics.median(results[None])
     print(f"recorder overhead: {a.backbone} at {a.image_size} patch {a.patch_size}, batch "
-          f"{a.batch_size}, {a.steps} steps x {a.rounds} rounds (median), "
+          f"{a.batch_size}, {a.steps} steps in lockstep x {a.rounds} rounds (median), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'configuration':>22} {'steps/s':>9} {'overhead':>9}")
     for c in configs:

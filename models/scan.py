@@ -361,8 +361,13 @@ def scan_state_norms(u, delta, A, B, C, delta_bias=None, delta_softplus=False) -
         h_prev = None
         for t0, t1 in blk.blocks:
             h = blk.states(t0, t1, d0, d1, g0, gc, blk.decay(t0, t1, d0, d1, gc), h_prev)
-            torch.linalg.vector_norm(h[1:], dim=3, keepdim=True,
-                                     out=blk.per_channel(norms, t0, t1, d0, d1, gc))
+            # sum over n of h^2, one state at a time: ~20x faster than vector_norm over the
+            # strided N axis of (T, B, gc, N, Dg)
+            out, hs = blk.per_channel(norms, t0, t1, d0, d1, gc), h[1:]
+            torch.mul(hs[:, :, :, :1], hs[:, :, :, :1], out=out)
+            for i in range(1, hs.shape[3]):
+                out.addcmul_(hs[:, :, :, i:i + 1], hs[:, :, :, i:i + 1])
+            out.sqrt_()
             h_prev = h[-1]
     return _time_last(norms)
 
