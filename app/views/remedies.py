@@ -21,7 +21,7 @@ def body():
     sweeps = common.discover_sweeps(root)
     if not sweeps:
         st.info("No sweep under this folder. `diagnose sweep` writes one (each variant a run, "
-                "plus sweep.json): about 15 minutes on 2 cores with the CPU preset:",
+                "plus sweep.json): about 22 minutes on 2 cores with the CPU preset:",
                 icon=":material/inbox:")
         st.code(common.MAKE_SWEEP, language="bash")
         return
