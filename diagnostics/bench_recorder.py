@@ -17,7 +17,6 @@ full preset 21x at every step; the target here is <= 1.05x at probe_every=50.
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from typing import Sequence
@@ -81,22 +80,18 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--probe-every", type=int, nargs="+", default=[50, 1])
     a = p.parse_args(argv)
+    from diagnostics.bench import bench_recorder     # the rounds, medians and ratios
+
     img = tuple(int(v) for v in a.image_size.split("x"))
-    configs = [None] + a.probe_every
-    results = {c: [] for c in configs}
-    for _ in range(a.rounds):
-        for c, sps in lockstep_steps_per_s(a.backbone, img, a.patch_size, a.batch_size,
-                                           a.steps, configs).items():
-            results[c].append(sps)
-    base = statistics.median(results[None])
+    df = bench_recorder(backbone=a.backbone, image_size=img, patch_size=a.patch_size,
+                        batch=a.batch_size, steps=a.steps, rounds=a.rounds,
+                        probe_every=a.probe_every)
     print(f"recorder overhead: {a.backbone} at {a.image_size} patch {a.patch_size}, batch "
           f"{a.batch_size}, {a.steps} steps in lockstep x {a.rounds} rounds (median), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'configuration':>22} {'steps/s':>9} {'overhead':>9}")
-    for c in configs:
-        sps = statistics.median(results[c])
-        label = "no recorder" if c is None else f"probe_every={c}"
-        print(f"{label:>22} {sps:>9.2f} {base / sps:>8.3f}x")
+    for row in df.itertuples():
+        print(f"{row.configuration:>22} {row.steps_per_s:>9.2f} {row.overhead:>8.3f}x")
     return 0
 
 
